@@ -1,0 +1,65 @@
+"""Turning tokenised texts into length-sorted, left-padded model batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from tp_rag.prompts import RenderedTemplate
+from tp_rag.runner import ModelBatch
+
+
+@dataclass(frozen=True)
+class Row:
+    ids: list[int]
+    pst_index: int  # within ids; -1 without TP
+    text: int  # which input text
+    template: int  # which template (MetaEOL averages over them)
+
+
+def build_rows(
+    text_ids: Sequence[Sequence[int]],
+    templates: Sequence[RenderedTemplate],
+    max_length: int,
+    pst_id: int,
+) -> list[Row]:
+    """One row per (text, template); the text is cut so the whole row fits ``max_length`` and
+    the template, above all its suffix whose last token is the embedding, is kept whole."""
+    rows = []
+    for t_index, template in enumerate(templates):
+        budget = max_length - template.template_length
+        if budget < 1:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for text: the prompt template alone "
+                f"takes {template.template_length} tokens"
+            )
+        for x_index, ids in enumerate(text_ids):
+            row_ids, pst = template.row(ids[:budget], pst_id)
+            rows.append(Row(row_ids, pst, x_index, t_index))
+    return rows
+
+
+def iter_batches(rows: Sequence[Row], batch_size: int, pad_id: int) -> Iterator[tuple[list[int], ModelBatch]]:
+    """Yield (row indices, batch), longest rows first so memory peaks at the start."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        yield chosen, left_pad([rows[i] for i in chosen], pad_id)
+
+
+def left_pad(rows: Sequence[Row], pad_id: int) -> ModelBatch:
+    """Left padding puts every row's last token in the last column, which is what last-token
+    pooling and the TP copy read; the placeholder index shifts by each row's padding."""
+    width = max(len(row.ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    pst = torch.full((len(rows),), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        pad = width - len(row.ids)
+        input_ids[r, pad:] = torch.tensor(row.ids, dtype=torch.long)
+        mask[r, pad:] = 1
+        if row.pst_index >= 0:
+            pst[r] = pad + row.pst_index
+    return ModelBatch(input_ids, mask, pst)

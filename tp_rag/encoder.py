@@ -1,0 +1,214 @@
+"""The public face: :class:`Encoder` turns texts into embedding vectors."""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tp_rag.batching import build_rows, iter_batches
+from tp_rag.config import EncoderConfig
+from tp_rag.models import LoadedModel, find_decoder_layers, load_model
+from tp_rag.presets import preset_config
+from tp_rag.prompts import RenderedTemplate, preprocess_sentence, render_template
+from tp_rag.runner import Runner
+
+Kind = Literal["text", "query", "document"]
+# Progress bars appear by themselves only for jobs of more batches than this.
+AUTO_PROGRESS_BATCHES = 10
+
+
+class Encoder:
+    """A decoder-only LM as a sentence/passage embedder, with or without Token Prepending.
+
+    >>> encoder = Encoder.from_preset("gemma-3-270m")
+    >>> vectors = encoder.encode_documents(["TP lets early tokens see the whole text."])
+    """
+
+    def __init__(self, config: Optional[EncoderConfig] = None, *, loaded: Optional[LoadedModel] = None, **overrides):
+        config = config or EncoderConfig()
+        if overrides:
+            config = EncoderConfig(**{**config.model_dump(), **overrides})
+        self.config = cfg = config
+        self._loaded = loaded or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        self.tokenizer = self._loaded.tokenizer
+        self.num_layers = len(self._loaded.layers)
+        self.output_layer = self._resolve_layers()
+        self.pad_id = _pad_id(self.tokenizer)
+        self._runner = Runner(self._loaded.decoder, self._loaded.layers, self._pst_vector())
+        self._templates: dict[Kind, list[RenderedTemplate]] = {}
+        self._lock = threading.Lock()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str = "gemma-3-270m", **overrides) -> "Encoder":
+        return cls(preset_config(name, **overrides))
+
+    @classmethod
+    def from_model(cls, model, tokenizer, config: Optional[EncoderConfig] = None, **overrides) -> "Encoder":
+        """Wrap a model you already loaded (a causal LM or its base model) and its tokenizer."""
+        decoder, layers = find_decoder_layers(model)
+        decoder.eval()
+        name = getattr(getattr(model, "config", None), "name_or_path", "") or "in-memory"
+        config = config or EncoderConfig(model=name)
+        loaded = LoadedModel(decoder=decoder, layers=layers, tokenizer=tokenizer, name=name)
+        return cls(config, loaded=loaded, **overrides)
+
+    def _resolve_layers(self) -> int:
+        cfg, depth = self.config, self.num_layers
+        layer = cfg.output_layer + depth + 1 if cfg.output_layer < 0 else cfg.output_layer
+        if not 1 <= layer <= depth:
+            raise ValueError(
+                f"output_layer {cfg.output_layer} is out of range for a model with {depth} "
+                f"layers (use 1..{depth} or -1..-{depth})"
+            )
+        if cfg.token_prepending and cfg.tp_exit > depth:
+            raise ValueError(
+                f"TP range {cfg.tp_start}..{cfg.tp_exit} exceeds the model's depth of {depth} "
+                "layers (tp_exit must be at most the number of layers)"
+            )
+        return layer
+
+    def _pst_vector(self) -> Optional[torch.Tensor]:
+        if not self.config.token_prepending:
+            return None
+        embed = self._loaded.decoder.get_input_embeddings()
+        device = embed.weight.device
+        with torch.inference_mode():
+            if self.config.pst_init == "zeros":
+                return torch.zeros(embed.weight.shape[1], device=device)
+            if self.config.pst_init == "pad":
+                return embed(torch.tensor([self.pad_id], device=device))[0]
+            # Mean over the vocabulary, through the embedding module so any scaling it applies
+            # (Gemma 3) is included; chunked to bound memory on large vocabularies.
+            total = torch.zeros(embed.weight.shape[1], dtype=torch.float64, device=device)
+            vocab = embed.weight.shape[0]
+            for start in range(0, vocab, 16384):
+                ids = torch.arange(start, min(start + 16384, vocab), device=device)
+                total += embed(ids).double().sum(0)
+            return (total / vocab).to(embed.weight.dtype)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self._loaded.decoder.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self._runner.device
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        tp = f"tp={cfg.tp_start}..{cfg.tp_exit}" if cfg.token_prepending else "tp=off"
+        return (
+            f"Encoder(model={cfg.model!r}, prompt={cfg.prompt!r}, {tp}, "
+            f"output_layer={self.output_layer}/{self.num_layers}, dim={self.dim})"
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(
+        self,
+        texts: Union[str, Sequence[str]],
+        *,
+        kind: Kind = "text",
+        batch_size: Optional[int] = None,
+        normalize: Optional[bool] = None,
+        show_progress: Optional[bool] = None,
+        convert_to_tensor: bool = False,
+    ) -> Union[np.ndarray, torch.Tensor]:
+        """Embed texts: returns float32 ``(len(texts), dim)`` (``(dim,)`` for one string).
+
+        ``kind`` picks the template: ``query``/``document`` use ``query_prompt``/
+        ``document_prompt`` when set, else ``prompt``. Empty or whitespace-only texts are
+        rejected with ``ValueError``: they carry nothing to embed and are usually a bug
+        upstream (an empty chunk).
+        """
+        single = isinstance(texts, str)
+        items = _check_texts([texts] if single else texts)
+        normalize = self.config.normalize if normalize is None else normalize
+        states = self._embed(items, kind, batch_size, show_progress, all_layers=False)
+        if normalize:
+            states = torch.nn.functional.normalize(states, dim=-1)
+        out = states[0] if single else states
+        return out if convert_to_tensor else out.numpy()
+
+    def encode_queries(self, texts: Sequence[str], **kwargs):
+        return self.encode(texts, kind="query", **kwargs)
+
+    def encode_documents(self, texts: Sequence[str], **kwargs):
+        return self.encode(texts, kind="document", **kwargs)
+
+    def encode_all_layers(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: Kind = "text",
+        batch_size: Optional[int] = None,
+        show_progress: Optional[bool] = None,
+    ) -> np.ndarray:
+        """Unnormalised ``(num_layers, len(texts), dim)``: entry ``k-1`` is what
+        ``output_layer=k`` gives. One pass scores every output layer (layer sweeps)."""
+        items = _check_texts(texts)
+        return self._embed(items, kind, batch_size, show_progress, all_layers=True).numpy()
+
+    def _embed(self, texts, kind, batch_size, show_progress, all_layers: bool) -> torch.Tensor:
+        if len(texts) == 0:
+            shape = (self.num_layers, 0, self.dim) if all_layers else (0, self.dim)
+            return torch.zeros(shape, dtype=torch.float32)
+        templates = self._rendered(kind)
+        if self.config.preprocess:
+            texts = [preprocess_sentence(t) for t in texts]
+        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        rows = build_rows(text_ids, templates, self.config.max_length, self.pad_id)
+        size = batch_size or self.config.batch_size
+        n_batches = -(-len(rows) // size)
+        show = n_batches > AUTO_PROGRESS_BATCHES if show_progress is None else show_progress
+        cfg = self.config
+        tp_range = (cfg.tp_start, cfg.tp_exit) if cfg.token_prepending else None
+
+        shape = (self.num_layers, len(texts), self.dim) if all_layers else (len(texts), self.dim)
+        total = torch.zeros(shape, dtype=torch.float64)
+        with self._lock, tqdm(total=len(rows), disable=not show, desc="Encoding", unit="text") as bar:
+            for chosen, batch in iter_batches(rows, size, self.pad_id):
+                if all_layers:
+                    states = self._runner.all_layers(batch, tp_range)
+                else:
+                    states = self._runner.last_token(batch, self.output_layer, tp_range)
+                states = states.double().cpu()
+                for j, r in enumerate(chosen):
+                    # MetaEOL: the templates' vectors are averaged per text.
+                    total[..., rows[r].text, :] += states[..., j, :]
+                bar.update(len(chosen))
+        return (total / len(templates)).float()
+
+    def _rendered(self, kind: Kind) -> list[RenderedTemplate]:
+        if kind not in ("text", "query", "document"):
+            raise ValueError(f"kind must be 'text', 'query' or 'document', got {kind!r}")
+        if kind not in self._templates:
+            self._templates[kind] = [
+                render_template(self.tokenizer, t, self.config.token_prepending)
+                for t in self.config.templates(kind)
+            ]
+        return self._templates[kind]
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace only; there is nothing to embed")
+    return items
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0  # pragma: no cover

