@@ -1,0 +1,1 @@
+"""Evaluation harness for tp-rag: BEIR retrieval, STS and performance benchmarks."""
