@@ -41,25 +41,35 @@ def build_rows(
     return rows
 
 
-def iter_batches(rows: Sequence[Row], batch_size: int, pad_id: int) -> Iterator[tuple[list[int], ModelBatch]]:
-    """Yield (row indices, batch), longest rows first so memory peaks at the start."""
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
+def iter_batches(
+    rows: Sequence[Row], batch_size: int, pad_id: int, sort: bool = True
+) -> Iterator[tuple[list[int], ModelBatch]]:
+    """Yield (row indices, batch). Sorted by length, longest first, so rows of similar length
+    share a batch (little padding) and memory peaks at the start."""
+    order = list(range(len(rows)))
+    if sort:
+        order.sort(key=lambda i: -len(rows[i].ids))
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
-        yield chosen, left_pad([rows[i] for i in chosen], pad_id)
+        yield chosen, pad([rows[i] for i in chosen], pad_id)
 
 
-def left_pad(rows: Sequence[Row], pad_id: int) -> ModelBatch:
-    """Left padding puts every row's last token in the last column, which is what last-token
-    pooling and the TP copy read; the placeholder index shifts by each row's padding."""
+def pad(rows: Sequence[Row], pad_id: int, side: str = "left") -> ModelBatch:
+    """Pad rows to one width. Left padding (the default) puts every row's last token in the last
+    column, as Hugging Face generation does; right padding gives the same vectors (causal
+    attention never looks right) but each row's last token sits at a different column."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
     width = max(len(row.ids) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     pst = torch.full((len(rows),), -1, dtype=torch.long)
+    last = torch.zeros((len(rows),), dtype=torch.long)
     for r, row in enumerate(rows):
-        pad = width - len(row.ids)
-        input_ids[r, pad:] = torch.tensor(row.ids, dtype=torch.long)
-        mask[r, pad:] = 1
+        offset = width - len(row.ids) if side == "left" else 0
+        input_ids[r, offset : offset + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+        mask[r, offset : offset + len(row.ids)] = 1
+        last[r] = offset + len(row.ids) - 1
         if row.pst_index >= 0:
-            pst[r] = pad + row.pst_index
-    return ModelBatch(input_ids, mask, pst)
+            pst[r] = offset + row.pst_index
+    return ModelBatch(input_ids, mask, pst, last)

@@ -18,15 +18,16 @@ from torch import nn
 
 @dataclass
 class ModelBatch:
-    """Left-padded inputs: the last column is every row's last token."""
+    """Padded inputs with, per row, the placeholder position and the last real token."""
 
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     pst_index: torch.Tensor  # (B,) position of the placeholder, -1 without TP
+    last_index: torch.Tensor  # (B,) position of the last real token (T-1 with left padding)
 
     @property
     def position_ids(self) -> torch.Tensor:
-        # Positions count real tokens only, so a left-padded row sees the same positions alone.
+        # Positions count real tokens only, so a padded row sees the same positions as alone.
         positions = self.attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)
 
@@ -41,11 +42,12 @@ def _hidden_of(output) -> torch.Tensor:
 
 
 @contextmanager
-def token_prepending(layers: nn.ModuleList, pst_index: torch.Tensor, start: int, exit: int):
+def token_prepending(layers: nn.ModuleList, batch: ModelBatch, start: int, exit: int):
     """Before layers ``start..exit-1``, overwrite row b's position ``pst_index[b]`` with its
     last-token hidden state (the previous layer's output). Rows with index -1 are untouched."""
-    rows = torch.nonzero(pst_index >= 0).flatten()
-    cols = pst_index[rows]
+    rows = torch.nonzero(batch.pst_index >= 0).flatten()
+    cols = batch.pst_index[rows]
+    last = batch.last_index[rows]
 
     def pre_hook(module, args, kwargs):
         if "hidden_states" in kwargs:
@@ -53,7 +55,7 @@ def token_prepending(layers: nn.ModuleList, pst_index: torch.Tensor, start: int,
         else:
             hidden = args[0]
         hidden = hidden.clone()  # never edit a tensor the caller (or a recorder) may hold
-        hidden[rows, cols] = hidden[rows, -1]
+        hidden[rows, cols] = hidden[rows, last]
         if "hidden_states" in kwargs:
             kwargs["hidden_states"] = hidden
         else:
@@ -85,12 +87,16 @@ def stop_after(layer: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+def _last_token(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
 @contextmanager
-def record_last_token(layers: nn.ModuleList, store: list) -> Iterator[None]:
+def record_last_token(layers: nn.ModuleList, last_index: torch.Tensor, store: list) -> Iterator[None]:
     """Append each layer's last-token output (B, H) to ``store``, in layer order."""
 
     def hook(module, args, output):
-        store.append(_hidden_of(output)[:, -1].detach())
+        store.append(_last_token(_hidden_of(output), last_index))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -141,7 +147,7 @@ class Runner:
     def _tp(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]]):
         if tp_range is None:
             return _null()
-        return token_prepending(self.layers, batch.pst_index, *tp_range)
+        return token_prepending(self.layers, batch, *tp_range)
 
     @torch.inference_mode()
     def last_token(
@@ -152,12 +158,12 @@ class Runner:
         batch = _to(batch, self.device)
         with self._tp(batch, tp_range):
             if output_layer == self.num_layers:
-                return self._forward(batch).last_hidden_state[:, -1]
+                return _last_token(self._forward(batch).last_hidden_state, batch.last_index)
             try:
                 with stop_after(self.layers[output_layer - 1]):
                     self._forward(batch)
             except _EarlyExit as stop:
-                return stop.hidden[:, -1]
+                return _last_token(stop.hidden, batch.last_index)
         raise RuntimeError("the decoder never ran its output layer")  # pragma: no cover
 
     @torch.inference_mode()
@@ -165,8 +171,8 @@ class Runner:
         """(L, B, H) last-token states after every layer 1..L (layer L normed)."""
         batch = _to(batch, self.device)
         store: list[torch.Tensor] = []
-        with self._tp(batch, tp_range), record_last_token(self.layers, store):
-            final = self._forward(batch).last_hidden_state[:, -1]
+        with self._tp(batch, tp_range), record_last_token(self.layers, batch.last_index, store):
+            final = _last_token(self._forward(batch).last_hidden_state, batch.last_index)
         store[-1] = final
         return torch.stack(store)
 
@@ -178,5 +184,8 @@ def _null():
 
 def _to(batch: ModelBatch, device: torch.device) -> ModelBatch:
     return ModelBatch(
-        batch.input_ids.to(device), batch.attention_mask.to(device), batch.pst_index.to(device)
+        batch.input_ids.to(device),
+        batch.attention_mask.to(device),
+        batch.pst_index.to(device),
+        batch.last_index.to(device),
     )
