@@ -1,0 +1,12 @@
+"""LangChain integration of tp-rag: Token Prepending embeddings from decoder-only LLMs."""
+
+from importlib import metadata
+
+from langchain_tp_rag.embeddings import TokenPrependingEmbeddings
+
+try:
+    __version__ = metadata.version("langchain-tp-rag")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = ""
+
+__all__ = ["TokenPrependingEmbeddings", "__version__"]

@@ -1,0 +1,165 @@
+"""LangChain ``Embeddings`` over a tp-rag :class:`~tp_rag.Encoder`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, Optional, Union
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tp_rag import DEFAULT_PRESET, Encoder, EncoderConfig, preset_config
+from tp_rag.presets import PRESETS
+
+PromptSpec = Union[str, list[str]]
+
+# Settings that determine the vectors: they are passed to EncoderConfig and, when an encoder
+# is shared, must agree with its configuration.
+ENCODER_SETTINGS: tuple[str, ...] = (
+    "model",
+    "prompt",
+    "query_prompt",
+    "document_prompt",
+    "token_prepending",
+    "tp_start",
+    "tp_exit",
+    "output_layer",
+    "pst_init",
+    "preprocess",
+    "max_length",
+    "device",
+    "dtype",
+    "normalize",
+)
+
+
+class TokenPrependingEmbeddings(BaseModel, Embeddings):
+    """Sentence/passage embeddings from a decoder-only LLM with Token Prepending (tp-rag).
+
+    Build the encoder from settings, or share one you already have::
+
+        from langchain_tp_rag import TokenPrependingEmbeddings
+
+        embeddings = TokenPrependingEmbeddings()  # bundled Gemma 3 270M preset
+        embeddings = TokenPrependingEmbeddings(preset="gemma-3-270m", query_prompt="prompteol",
+                                               document_prompt="passage_eol")
+        embeddings = TokenPrependingEmbeddings(encoder=my_encoder)  # same vectors, same model
+
+    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m`` when
+    no ``model`` is given), else :class:`tp_rag.EncoderConfig`'s default. After construction
+    every setting holds the value in force. Settings are fixed once the object exists (it is
+    frozen): build a new one to change them.
+
+    ``embed_documents`` uses the document template, ``embed_query`` the query template. The
+    async variants run the encoder in a worker thread, so the event loop is not blocked.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, protected_namespaces=()
+    )
+
+    encoder: Optional[Encoder] = Field(
+        None, exclude=True, repr=False,
+        description="An existing tp_rag.Encoder to share (then settings may only repeat its "
+        "configuration). Built from the settings when not given.",
+    )
+    preset: Optional[str] = Field(None, description="tp-rag preset name, e.g. gemma-3-270m.")
+    model: Optional[str] = Field(
+        None, description="Bundled model name, local folder, .gguf file or hub id "
+        "(``model_name`` is accepted too)."
+    )
+    prompt: Optional[PromptSpec] = Field(None, description="Prompt family or template(s).")
+    query_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for queries.")
+    document_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for documents.")
+    token_prepending: Optional[bool] = None
+    tp_start: Optional[int] = None
+    tp_exit: Optional[int] = None
+    output_layer: Optional[int] = None
+    pst_init: Optional[Literal["mean", "zeros", "pad"]] = None
+    preprocess: Optional[bool] = None
+    max_length: Optional[int] = None
+    device: Optional[str] = None
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    normalize: Optional[bool] = None
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="Texts per model batch; defaults to the encoder's. May differ "
+        "from a shared encoder's own batch size."
+    )
+    show_progress: bool = Field(False, description="Show a progress bar while embedding.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_encoder(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "model_name" in data:
+            if "model" in data:
+                raise ValueError("pass either model or model_name, not both")
+            data["model"] = data.pop("model_name")
+        unknown = set(data) - set(cls.model_fields)
+        if unknown:
+            return data  # let pydantic report the unknown names
+        settings = {name: data[name] for name in ENCODER_SETTINGS if name in data}
+        encoder = resolve_encoder(data.get("encoder"), data.get("preset"), settings)
+        if data.get("encoder") is None and data.get("preset") is None and "model" not in data:
+            data["preset"] = DEFAULT_PRESET
+        data.update({name: getattr(encoder.config, name) for name in ENCODER_SETTINGS})
+        data["encoder"] = encoder
+        if data.get("batch_size") is None:
+            data["batch_size"] = encoder.config.batch_size
+        return data
+
+    # -- sync ---------------------------------------------------------------------------------
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed passages with the document template."""
+        return self._encode(texts, "document").tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query with the query template."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        return self._encode([text], "query")[0].tolist()
+
+    # -- async: the model runs in a worker thread -----------------------------------------------
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
+
+    def _encode(self, texts, kind):
+        assert self.encoder is not None
+        return self.encoder.encode(
+            texts, kind=kind, batch_size=self.batch_size, show_progress=self.show_progress
+        )
+
+
+def resolve_encoder(
+    encoder: Optional[Encoder], preset: Optional[str], settings: dict[str, Any]
+) -> Encoder:
+    """The encoder to use: ``encoder`` if given (checked against the settings), else a new one
+    built from ``preset`` and ``settings``."""
+    if encoder is None:
+        if preset is None and "model" not in settings:
+            preset = DEFAULT_PRESET
+        config = preset_config(preset, **settings) if preset else EncoderConfig(**settings)
+        return Encoder(config)
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")
+    expected = dict(settings)
+    if preset is not None:
+        preset_config(preset)  # unknown names fail with the list of presets
+        expected = {**PRESETS[preset], **settings}
+    conflicts = [
+        f"{name}={value!r} (the encoder has {getattr(encoder.config, name)!r})"
+        for name, value in expected.items()
+        if getattr(encoder.config, name) != value
+    ]
+    if conflicts:
+        origin = f" (from preset {preset!r})" if preset is not None else ""
+        raise ValueError(
+            "an encoder was passed together with settings that disagree with its "
+            f"configuration{origin}: {', '.join(conflicts)}. Pass either the encoder or the "
+            "settings, or settings that match it."
+        )
+    return encoder
