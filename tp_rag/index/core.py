@@ -1,0 +1,467 @@
+"""`FaissIndex`: tp-rag document vectors in FAISS, with ids, texts and metadata beside them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import faiss
+import numpy as np
+
+from tp_rag.config import EncoderConfig
+from tp_rag.corpus import Document, documents_from_texts, read_documents
+from tp_rag.index import factory as fx
+from tp_rag.index.chunks import DEFAULT_CHUNK_SIZE, ChunkedEmbeddings, default_checkpoint_dir
+from tp_rag.index.compat import EncoderMismatchError, check_compatible, matching_preset
+from tp_rag.index.storage import (
+    IndexFormatError,
+    Manifest,
+    now,
+    read_docs,
+    read_faiss,
+    read_manifest,
+    save_folder,
+)
+
+PathLike = Union[str, Path]
+AUTO = "auto"  # checkpoint_dir default: <tp-rag cache>/index-chunks
+DEFAULT_TRAIN_SIZE = 100_000
+_MAX_NAMED = 10
+
+
+@dataclass
+class Hit:
+    """One search result: ``rank`` is 1-based; ``score`` the inner product (cosine when the
+    vectors are normalised)."""
+
+    rank: int
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Record:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class FaissIndex:
+    """A FAISS index over tp-rag document embeddings.
+
+    Public attributes (used by the LangChain/LlamaIndex adapters): ``encoder``, ``faiss_index``
+    (``None`` until the first documents arrive for index types trained on the corpus), and the
+    properties ``ids``, ``texts``, ``metadatas`` (in insertion order). Internally each document
+    has an int64 FAISS id (``fid``); ``fid_of(id)`` maps a document id to it.
+
+    >>> index = FaissIndex.from_texts(["Mount Everest is ...", "Paris is ..."], encoder)
+    >>> index.search("highest mountain", k=1)[0].id
+    """
+
+    def __init__(
+        self,
+        encoder,
+        index_type: str = "flat",
+        *,
+        nprobe: Optional[int] = None,
+        ef_search: Optional[int] = None,
+        train_size: int = DEFAULT_TRAIN_SIZE,
+    ):
+        self.encoder = encoder
+        self.index_type = fx.canonical_type(index_type)
+        self.train_size = int(train_size)
+        self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
+        self._records: dict[int, _Record] = {}
+        self._fids: dict[str, int] = {}
+        self._next_fid = 0
+        self.faiss_index: Optional[faiss.Index] = None
+        self.factory: Optional[str] = None
+        if not fx.needs_corpus_size(self.index_type):
+            self._create(fx.factory_string(self.index_type, encoder.dim))
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        encoder,
+        ids: Optional[Sequence[str]] = None,
+        metadatas: Optional[Sequence[Optional[dict]]] = None,
+        index_type: str = "flat",
+        **kwargs,
+    ) -> "FaissIndex":
+        """Build from plain texts (ids default to fresh UUIDs). ``kwargs``: as :meth:`build`."""
+        return cls.build(documents_from_texts(texts, ids, metadatas), encoder, index_type, **kwargs)
+
+    @classmethod
+    def from_corpus(
+        cls,
+        path: PathLike,
+        encoder,
+        index_type: str = "flat",
+        *,
+        text_field: str = "text",
+        id_field: Optional[str] = None,
+        title_field: Optional[str] = "title",
+        **kwargs,
+    ) -> "FaissIndex":
+        """Build from a BEIR ``corpus.jsonl``, a JSONL with a text field, a folder of
+        ``.txt``/``.md`` files or a text file (see :func:`tp_rag.corpus.read_documents`)."""
+        docs = read_documents(path, text_field=text_field, id_field=id_field, title_field=title_field)
+        return cls.build(docs, encoder, index_type, **kwargs)
+
+    @classmethod
+    def build(
+        cls,
+        documents: Iterable[Document],
+        encoder,
+        index_type: str = "flat",
+        *,
+        nprobe: Optional[int] = None,
+        ef_search: Optional[int] = None,
+        train_size: int = DEFAULT_TRAIN_SIZE,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        checkpoint_dir: Optional[PathLike] = AUTO,
+        keep_checkpoints: bool = False,
+        show_progress: Optional[bool] = None,
+    ) -> "FaissIndex":
+        """Embed ``documents`` in chunks and index them. An empty corpus is an error.
+
+        Chunks are checkpointed under ``checkpoint_dir`` (default: tp-rag's cache folder;
+        ``None``: a temporary folder, no resume), so rerunning an interrupted build re-embeds
+        only the missing chunks; the checkpoints are removed after success unless
+        ``keep_checkpoints``.
+        """
+        index = cls(encoder, index_type, nprobe=nprobe, ef_search=ef_search, train_size=train_size)
+        added = index.add_documents(
+            documents, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir,
+            keep_checkpoints=keep_checkpoints, show_progress=show_progress,
+        )
+        if not added:
+            raise ValueError("the corpus is empty: there are no documents to index")
+        return index
+
+    def _create(self, factory: str) -> None:
+        self.faiss_index = fx.make_index(factory, self.encoder.dim)
+        self.factory = factory
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        if self.faiss_index is not None:
+            fx.set_search_params(self.faiss_index, **self._search_params)
+
+    # -- adding -------------------------------------------------------------------------------
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        ids: Optional[Sequence[str]] = None,
+        metadatas: Optional[Sequence[Optional[dict]]] = None,
+        **kwargs,
+    ) -> list[str]:
+        """Embed and add texts; returns their ids. ``kwargs``: as :meth:`add_documents`."""
+        return self.add_documents(documents_from_texts(texts, ids, metadatas), **kwargs)
+
+    def add_documents(
+        self,
+        documents: Iterable[Document],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        checkpoint_dir: Optional[PathLike] = AUTO,
+        keep_checkpoints: bool = False,
+        show_progress: Optional[bool] = None,
+    ) -> list[str]:
+        """Embed (``encode_documents`` on :attr:`Document.embedding_text`) and add documents.
+
+        Everything is checked before any embedding: ids must be new and unique (the error
+        names the duplicates), texts non-empty, metadata JSON-serialisable.
+        """
+        docs = self._checked(documents)
+        if not docs:
+            return []
+        work = ChunkedEmbeddings(
+            self.encoder, [d.embedding_text for d in docs], chunk_size=chunk_size,
+            checkpoint_dir=default_checkpoint_dir() if checkpoint_dir == AUTO else checkpoint_dir,
+            show_progress=show_progress,
+        )
+        self.last_build = work  # for inspection: reused / embedded chunk counts
+        work.ensure()
+        self._ensure_index(len(docs), lambda n: work.sample(n))
+        for start, vectors in work.chunks():
+            self._add_vectors(np.asarray(vectors), docs[start:start + len(vectors)])
+        if not keep_checkpoints or checkpoint_dir is None:
+            work.cleanup()
+        return [d.id for d in docs]
+
+    def add_embeddings(
+        self, vectors: np.ndarray, documents: Sequence[Document]
+    ) -> list[str]:
+        """Add precomputed vectors (they must come from this index's encoder) with documents."""
+        docs = self._checked(documents)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(docs), self.dim):
+            raise ValueError(
+                f"expected vectors of shape ({len(docs)}, {self.dim}), got {vectors.shape}"
+            )
+        if not docs:
+            return []
+        self._ensure_index(len(docs), lambda n: vectors[:n])
+        self._add_vectors(vectors, docs)
+        return [d.id for d in docs]
+
+    def _checked(self, documents: Iterable[Document]) -> list[Document]:
+        docs = list(documents)
+        seen: set[str] = set()
+        repeated: list[str] = []
+        existing: list[str] = []
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] is {type(doc).__name__}, not tp_rag.corpus.Document")
+            if not isinstance(doc.id, str) or not doc.id:
+                raise ValueError(f"documents[{i}] has an invalid id {doc.id!r} (need a non-empty string)")
+            if not isinstance(doc.text, str):
+                raise TypeError(f"document {doc.id!r}: text is {type(doc.text).__name__}, not str")
+            if not doc.embedding_text.strip():
+                raise ValueError(f"document {doc.id!r} has an empty text; there is nothing to embed")
+            try:
+                json.dumps(doc.metadata)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"document {doc.id!r}: metadata is not JSON-serialisable ({err})") from None
+            if doc.id in self._fids:
+                existing.append(doc.id)
+            elif doc.id in seen:
+                repeated.append(doc.id)
+            seen.add(doc.id)
+        if existing:
+            raise ValueError(f"ids already in the index: {_names(existing)}")
+        if repeated:
+            raise ValueError(f"duplicate ids among the new documents: {_names(repeated)}")
+        return docs
+
+    def _ensure_index(self, n: int, sample) -> None:
+        if self.faiss_index is None:
+            self._create(fx.factory_string(self.index_type, self.dim, n, self.train_size))
+        if not self.faiss_index.is_trained:
+            fx.train(self.faiss_index, sample(min(n, self.train_size)))
+            self._apply_search_params()
+
+    def _add_vectors(self, vectors: np.ndarray, docs: Sequence[Document]) -> None:
+        fids = np.arange(self._next_fid, self._next_fid + len(docs), dtype=np.int64)
+        self.faiss_index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), fids)
+        for fid, doc in zip(fids.tolist(), docs):
+            self._records[fid] = _Record(doc.id, doc.text, dict(doc.metadata))
+            self._fids[doc.id] = fid
+        self._next_fid += len(docs)
+
+    # -- deleting -----------------------------------------------------------------------------
+    def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
+        """Remove documents by id; returns how many were removed. Unknown ids are an error
+        (naming them) unless ``missing_ok``."""
+        if isinstance(ids, str):
+            ids = [ids]
+        unknown = [i for i in ids if i not in self._fids]
+        if unknown and not missing_ok:
+            raise KeyError(f"ids not in the index: {_names(unknown)}")
+        fids = sorted({self._fids[i] for i in ids if i in self._fids})
+        if not fids:
+            return 0
+        self.faiss_index = fx.remove_ids(self.faiss_index, np.array(fids, dtype=np.int64))
+        self._apply_search_params()
+        for fid in fids:
+            record = self._records.pop(fid)
+            del self._fids[record.id]
+        return len(fids)
+
+    # -- searching ----------------------------------------------------------------------------
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        """The ``k`` best documents for one query (``encode_queries``)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best documents for each query."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of strings; use search() for one query")
+        queries = list(queries)
+        for i, query in enumerate(queries):
+            if not isinstance(query, str):
+                raise TypeError(f"queries[{i}] is {type(query).__name__}, not str")
+            if not query.strip():
+                raise ValueError(f"query {i} is empty; there is nothing to search for")
+        if not queries:
+            return []
+        return self.search_vectors(self.encoder.encode_queries(queries, show_progress=False), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Search with query vectors already computed (``(n, dim)`` or ``(dim,)``)."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"query vectors must have {self.dim} columns, got shape {vectors.shape}")
+        if len(self) == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, fids = self.faiss_index.search(np.ascontiguousarray(vectors), int(min(k, len(self))))
+        results = []
+        for row_scores, row_fids in zip(scores, fids):
+            hits = []
+            for score, fid in zip(row_scores.tolist(), row_fids.tolist()):
+                record = self._records.get(fid)
+                if fid < 0 or record is None:
+                    continue
+                hits.append(Hit(len(hits) + 1, record.id, float(score), record.text,
+                                dict(record.metadata)))
+            results.append(hits)
+        return results
+
+    # -- access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._fids
+
+    def __repr__(self) -> str:
+        return (f"FaissIndex({len(self)} documents, type={self.index_type!r}, "
+                f"factory={self.factory!r}, dim={self.dim})")
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self._records.values()]
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self._records.values()]
+
+    @property
+    def metadatas(self) -> list[dict]:
+        return [dict(r.metadata) for r in self._records.values()]
+
+    def fid_of(self, doc_id: str) -> int:
+        return self._fids[doc_id]
+
+    def id_of_fid(self, fid: int) -> Optional[str]:
+        record = self._records.get(int(fid))
+        return record.id if record else None
+
+    def get(self, doc_id: str) -> Optional[Document]:
+        fid = self._fids.get(doc_id)
+        if fid is None:
+            return None
+        record = self._records[fid]
+        return Document(id=record.id, text=record.text, metadata=dict(record.metadata),
+                        title=record.metadata.get("title"))
+
+    @property
+    def search_params(self) -> dict:
+        return fx.search_params(self.faiss_index) if self.faiss_index is not None else dict(self._search_params)
+
+    def set_search_params(self, *, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        """``nprobe`` for IVF indexes, ``ef_search`` for HNSW (errors for other types)."""
+        if nprobe is not None:
+            self._search_params["nprobe"] = nprobe
+        if ef_search is not None:
+            self._search_params["ef_search"] = ef_search
+        self._apply_search_params()
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: PathLike) -> Manifest:
+        """Write the index folder atomically (see :mod:`tp_rag.index.storage`)."""
+        if self.faiss_index is None:
+            raise ValueError("the index is empty; add documents before saving")
+        from tp_rag import __version__
+
+        config = self.encoder.config
+        manifest = {
+            "tp_rag_version": __version__,
+            "faiss_version": faiss.__version__,
+            "created_at": now(),
+            "encoder": config.model_dump(mode="json"),
+            "preset": matching_preset(config),
+            "dim": self.dim,
+            "normalize": config.normalize,
+            "index_type": self.index_type,
+            "factory": self.factory,
+            "search_params": self.search_params,
+            "count": len(self),
+            "next_fid": self._next_fid,
+        }
+        records = ({"fid": fid, "id": r.id, "text": r.text, "metadata": r.metadata}
+                   for fid, r in self._records.items())
+        return save_folder(Path(path), self.faiss_index, records, manifest)
+
+    @classmethod
+    def load(
+        cls,
+        path: PathLike,
+        encoder=None,
+        *,
+        device: Optional[str] = None,
+        dtype: Optional[str] = None,
+        batch_size: Optional[int] = None,
+    ) -> "FaissIndex":
+        """Load an index folder. Without ``encoder`` the encoder is rebuilt from the manifest
+        (``device``/``dtype``/``batch_size`` may be changed: they do not change vectors);
+        a given encoder must match the manifest's settings and dimension."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        built = manifest_config(manifest)
+        if encoder is None:
+            from tp_rag.encoder import Encoder
+
+            runtime = {k: v for k, v in
+                       {"device": device, "dtype": dtype, "batch_size": batch_size}.items()
+                       if v is not None}
+            encoder = Encoder(EncoderConfig(**{**built.model_dump(), **runtime}))
+        check_compatible(built, manifest.dim, encoder, where=f"the index at {path}")
+        index_obj = read_faiss(path, manifest)
+        records = read_docs(path, manifest)
+
+        self = cls.__new__(cls)
+        self.encoder = encoder
+        self.index_type = manifest.index_type
+        self.train_size = DEFAULT_TRAIN_SIZE
+        self.factory = manifest.factory
+        self.faiss_index = index_obj
+        self._search_params = {k: manifest.search_params.get(k) for k in ("nprobe", "ef_search")}
+        self._records, self._fids = {}, {}
+        for record in records:
+            fid, doc_id = record["fid"], record["id"]
+            if fid in self._records or doc_id in self._fids or not 0 <= fid < manifest.next_fid:
+                raise IndexFormatError(f"{path}: repeated or invalid document entry {doc_id!r}")
+            self._records[fid] = _Record(doc_id, record["text"], record.get("metadata", {}))
+            self._fids[doc_id] = fid
+        self._next_fid = manifest.next_fid
+        stored = fx.stored_ids(index_obj)
+        if len(stored) != len(self._records) or set(stored.tolist()) != set(self._records):
+            raise IndexFormatError(f"{path}: the FAISS ids do not match the documents file")
+        return self
+
+
+def manifest_config(manifest: Manifest) -> EncoderConfig:
+    try:
+        return EncoderConfig(**manifest.encoder)
+    except (ValueError, TypeError) as err:
+        raise IndexFormatError(f"the manifest's encoder settings are invalid: {err}") from None
+
+
+def _names(ids: Sequence[str]) -> str:
+    shown = ", ".join(repr(i) for i in ids[:_MAX_NAMED])
+    more = len(ids) - _MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+__all__ = ["FaissIndex", "Hit", "EncoderMismatchError", "IndexFormatError", "manifest_config"]
