@@ -74,13 +74,17 @@ class FaissIndex:
         ef_search: Optional[int] = None,
         train_size: int = DEFAULT_TRAIN_SIZE,
     ):
-        self.encoder = encoder
+        self._encoder = encoder
+        self._config: EncoderConfig = encoder.config
+        self._dim = int(encoder.dim)
+        self._where = "the index"
         self.index_type = fx.canonical_type(index_type)
         self.train_size = int(train_size)
         self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
         self._records: dict[int, _Record] = {}
         self._fids: dict[str, int] = {}
         self._next_fid = 0
+        self.last_build: Optional[ChunkedEmbeddings] = None  # the latest add's embedding job
         self.faiss_index: Optional[faiss.Index] = None
         self.factory: Optional[str] = None
         if not fx.needs_corpus_size(self.index_type):
@@ -149,7 +153,7 @@ class FaissIndex:
         return index
 
     def _create(self, factory: str) -> None:
-        self.faiss_index = fx.make_index(factory, self.encoder.dim)
+        self.faiss_index = fx.make_index(factory, self.dim)
         self.factory = factory
         self._apply_search_params()
 
@@ -190,7 +194,7 @@ class FaissIndex:
             checkpoint_dir=default_checkpoint_dir() if checkpoint_dir == AUTO else checkpoint_dir,
             show_progress=show_progress,
         )
-        self.last_build = work  # for inspection: reused / embedded chunk counts
+        self.last_build = work
         work.ensure()
         self._ensure_index(len(docs), lambda n: work.sample(n))
         for start, vectors in work.chunks():
@@ -336,7 +340,29 @@ class FaissIndex:
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self._dim
+
+    @property
+    def encoder(self):
+        """The encoder for queries and new documents. After :meth:`load` without an encoder it
+        is built from the manifest on first use (so ``info``/``delete`` never load a model)."""
+        if self._encoder is None:
+            from tp_rag.encoder import Encoder
+
+            encoder = Encoder(self._config)
+            check_compatible(self._config, self._dim, encoder, where=self._where)
+            self._encoder = encoder
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder) -> None:
+        check_compatible(self._config, self._dim, encoder, where=self._where)
+        self._encoder = encoder
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        """The settings the vectors were made with (no model is loaded to answer)."""
+        return self._encoder.config if self._encoder is not None else self._config
 
     @property
     def ids(self) -> list[str]:
@@ -384,7 +410,7 @@ class FaissIndex:
             raise ValueError("the index is empty; add documents before saving")
         from tp_rag import __version__
 
-        config = self.encoder.config
+        config = self.encoder_config
         manifest = {
             "tp_rag_version": __version__,
             "faiss_version": faiss.__version__,
@@ -413,27 +439,34 @@ class FaissIndex:
         dtype: Optional[str] = None,
         batch_size: Optional[int] = None,
     ) -> "FaissIndex":
-        """Load an index folder. Without ``encoder`` the encoder is rebuilt from the manifest
-        (``device``/``dtype``/``batch_size`` may be changed: they do not change vectors);
-        a given encoder must match the manifest's settings and dimension."""
+        """Load an index folder.
+
+        Without ``encoder``, the encoder is built from the manifest's settings when first needed
+        (``device``/``dtype``/``batch_size`` may be changed: they do not change vectors). A given
+        encoder must match the manifest's settings and dimension (:class:`EncoderMismatchError`).
+        Truncated, corrupted or inconsistent files raise :class:`IndexFormatError`.
+        """
         path = Path(path)
         manifest = read_manifest(path)
         built = manifest_config(manifest)
-        if encoder is None:
-            from tp_rag.encoder import Encoder
-
-            runtime = {k: v for k, v in
-                       {"device": device, "dtype": dtype, "batch_size": batch_size}.items()
-                       if v is not None}
-            encoder = Encoder(EncoderConfig(**{**built.model_dump(), **runtime}))
-        check_compatible(built, manifest.dim, encoder, where=f"the index at {path}")
+        runtime = {k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size}.items()
+                   if v is not None}
+        if runtime:
+            try:
+                built = EncoderConfig(**{**built.model_dump(), **runtime})
+            except ValueError as err:
+                raise ValueError(f"invalid device/dtype/batch_size: {err}") from None
+        where = f"the index at {path}"
+        if encoder is not None:
+            check_compatible(built, manifest.dim, encoder, where=where)
         index_obj = read_faiss(path, manifest)
         records = read_docs(path, manifest)
 
         self = cls.__new__(cls)
-        self.encoder = encoder
+        self._encoder, self._config, self._dim, self._where = encoder, built, manifest.dim, where
         self.index_type = manifest.index_type
         self.train_size = DEFAULT_TRAIN_SIZE
+        self.last_build = None
         self.factory = manifest.factory
         self.faiss_index = index_obj
         self._search_params = {k: manifest.search_params.get(k) for k in ("nprobe", "ef_search")}

@@ -1,0 +1,533 @@
+"""The ``tp-rag`` command line: embed texts, build/update FAISS indexes, search them.
+
+Errors are reported as one ``error: ...`` line on stderr with exit status 1 (2 for bad usage,
+130 when interrupted); there are no tracebacks for expected failures.
+"""
+
+import enum
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional
+
+import typer
+
+from tp_rag.presets import DEFAULT_PRESET, list_presets
+
+app = typer.Typer(
+    name="tp-rag",
+    help="Sentence and passage embeddings from decoder-only LLMs with Token Prepending, "
+    "and FAISS indexes over them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+index_app = typer.Typer(
+    help="Build and update FAISS index folders.", no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(index_app, name="index")
+
+
+class Dtype(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Kind(str, enum.Enum):
+    document = "document"
+    query = "query"
+    text = "text"
+
+
+# -- shared options -------------------------------------------------------------------------------
+_ENC = "Encoder"
+_RUN = "Runtime"
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", help=f"Named configuration: {', '.join(list_presets())}. Default: "
+    f"{DEFAULT_PRESET}, or none when --model is given (plain defaults then).",
+    rich_help_panel=_ENC)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model: bundled name, local folder, .gguf file or Hugging Face hub id "
+    "(overrides the preset's model).", rich_help_panel=_ENC)]
+TpOpt = Annotated[Optional[bool], typer.Option(
+    "--tp/--no-tp", help="Token Prepending on (default) or off (vanilla prompt embeddings).",
+    show_default=False, rich_help_panel=_ENC)]
+TpStartOpt = Annotated[Optional[int], typer.Option(
+    "--tp-start", min=0, help="First decoder layer (0-based) with Token Prepending.",
+    rich_help_panel=_ENC)]
+TpExitOpt = Annotated[Optional[int], typer.Option(
+    "--tp-exit", min=1, help="TP applies before layers tp-start .. tp-exit - 1.",
+    rich_help_panel=_ENC)]
+OutputLayerOpt = Annotated[Optional[int], typer.Option(
+    "--output-layer", help="Hidden state used as the embedding (1..L, or -1 = last).",
+    rich_help_panel=_ENC)]
+PromptOpt = Annotated[Optional[str], typer.Option(
+    "--prompt", help="Prompt family (prompteol, metaeol, pretended_cot, knowledge, passage_eol) "
+    "or a template containing {text}.", rich_help_panel=_ENC)]
+QueryPromptOpt = Annotated[Optional[str], typer.Option(
+    "--query-prompt", help="Prompt family or template for queries (default: --prompt).",
+    rich_help_panel=_ENC)]
+DocumentPromptOpt = Annotated[Optional[str], typer.Option(
+    "--document-prompt", help="Prompt family or template for documents (default: --prompt).",
+    rich_help_panel=_ENC)]
+MaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", min=8, help="Maximum tokens per prompt; longer texts are cut.",
+    rich_help_panel=_ENC)]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="auto, cpu, cuda, cuda:N or mps (default: the configuration's, auto).",
+    rich_help_panel=_RUN)]
+DtypeOpt = Annotated[Optional[Dtype], typer.Option(
+    "--dtype", help="Model precision (default float32).", rich_help_panel=_RUN)]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", min=1, help="Texts per forward pass (default 16).", rich_help_panel=_RUN)]
+TextFieldOpt = Annotated[str, typer.Option(
+    "--text-field", help="JSONL field holding the text.")]
+IdFieldOpt = Annotated[Optional[str], typer.Option(
+    "--id-field", help="JSONL field holding the id (default: _id, then id, else the line).")]
+TitleFieldOpt = Annotated[str, typer.Option(
+    "--title-field", help="JSONL field holding a title, embedded as 'title. text' (empty: none).")]
+ChunkSizeOpt = Annotated[int, typer.Option(
+    "--chunk-size", min=1, help="Documents per embedding chunk (one checkpoint file each).")]
+WorkDirOpt = Annotated[Optional[Path], typer.Option(
+    "--work-dir", help="Folder for the embedding checkpoints that let an interrupted run resume "
+    "(default: the tp-rag cache folder). Removed after success.")]
+NoCheckpointOpt = Annotated[bool, typer.Option(
+    "--no-checkpoint", help="Do not checkpoint chunks to disk (no resume).")]
+ProgressOpt = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bars on stderr (default: when it is a terminal).",
+    show_default=False)]
+
+
+def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
+                   document_prompt, max_length, device, dtype, batch_size):
+    """The EncoderConfig the encoder options describe (preset first, then the overrides)."""
+    from tp_rag.config import EncoderConfig
+    from tp_rag.presets import preset_config
+
+    overrides = {
+        "model": model, "token_prepending": tp, "tp_start": tp_start, "tp_exit": tp_exit,
+        "output_layer": output_layer, "prompt": prompt, "query_prompt": query_prompt,
+        "document_prompt": document_prompt, "max_length": max_length, "device": device,
+        "dtype": dtype.value if dtype is not None else None, "batch_size": batch_size,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if preset is None and model is not None:
+        return EncoderConfig(**overrides)
+    return preset_config(preset or DEFAULT_PRESET, **overrides)
+
+
+def make_encoder(config):
+    from tp_rag.encoder import Encoder
+
+    return Encoder(config)
+
+
+# -- error handling -------------------------------------------------------------------------------
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(code)
+
+
+def reports_errors(func):
+    """Expected failures become one line on stderr and a non-zero exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise fail("interrupted (rerun the same command to resume from the finished chunks)",
+                       130) from None
+        except ValidationError as err:
+            from tp_rag.index.storage import one_line
+
+            raise fail(f"invalid settings: {one_line(err)}") from None
+        except KeyError as err:
+            raise fail(err.args[0] if err.args else "missing key") from None
+        except (ValueError, TypeError, OSError, RuntimeError, ImportError) as err:
+            raise fail(str(err) or type(err).__name__) from None
+
+    return wrapper
+
+
+# -- embed ----------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def embed(
+    texts: Annotated[Optional[List[str]], typer.Argument(
+        help="Texts to embed (or use --input).", show_default=False)] = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="File or folder of texts: .txt (one per line), .jsonl (BEIR or "
+        "--text-field), or a folder of .txt/.md files.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write to .npy (float32 matrix, input order) or .jsonl "
+        "({id, embedding} per line). Default: JSONL on stdout.")] = None,
+    kind: Annotated[Kind, typer.Option(
+        "--kind", help="Template to use: document (passages), query, or text.")] = Kind.document,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = None,
+    title_field: TitleFieldOpt = "title",
+    chunk_size: ChunkSizeOpt = 256,
+    progress: ProgressOpt = None,
+    preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None,
+    tp_start: TpStartOpt = None, tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None,
+    prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
+    document_prompt: DocumentPromptOpt = None, max_length: MaxLengthOpt = None,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Embed texts and write the vectors (.npy or JSONL).
+
+    Example: tp-rag embed -i corpus.jsonl -o vectors.npy
+    """
+    from tp_rag.corpus import documents_from_texts, read_documents
+
+    if bool(texts) == (input is not None):
+        raise fail("give texts as arguments or --input FILE (one of them)", 2)
+    if output is not None and output.suffix.lower() not in (".npy", ".jsonl"):
+        raise fail(f"--output must end in .npy or .jsonl, got {output.name}", 2)
+    if input is not None:
+        docs = list(read_documents(input, text_field=text_field, id_field=id_field,
+                                   title_field=title_field or None))
+    else:
+        docs = documents_from_texts(texts, ids=[str(i) for i in range(len(texts))])
+    if not docs:
+        raise fail("there is nothing to embed (no texts found)")
+    items = [d.embedding_text if kind is Kind.document else d.text for d in docs]
+    for doc, text in zip(docs, items):
+        if not text.strip():
+            raise fail(f"text {doc.id!r} is empty; there is nothing to embed")
+    config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
+                            query_prompt, document_prompt, max_length, device, dtype, batch_size)
+    encoder = make_encoder(config)
+    chunks = _embed_chunks(encoder, items, kind.value, chunk_size, progress)
+    if output is None:
+        for start, vectors in chunks:
+            for doc, vector in zip(docs[start:start + len(vectors)], vectors):
+                typer.echo(json.dumps({"id": doc.id, "embedding": vector.tolist()}))
+        return
+    with _atomic_output(output) as tmp:
+        if output.suffix.lower() == ".npy":
+            import numpy as np
+
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                               shape=(len(items), encoder.dim))
+            for start, vectors in chunks:
+                matrix[start:start + len(vectors)] = vectors
+            matrix.flush()
+            del matrix
+        else:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for start, vectors in chunks:
+                    for doc, vector in zip(docs[start:start + len(vectors)], vectors):
+                        handle.write(json.dumps({"id": doc.id, "embedding": vector.tolist()}) + "\n")
+    typer.echo(f"Wrote {len(items)} embeddings of dimension {encoder.dim} to {output}", err=True)
+
+
+def _embed_chunks(encoder, items, kind, chunk_size, progress) -> Iterator:
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    with tqdm(total=len(items), desc="Embedding", unit="text", disable=disable) as bar:
+        for start in range(0, len(items), chunk_size):
+            batch = items[start:start + chunk_size]
+            yield start, encoder.encode(batch, kind=kind, show_progress=False)
+            bar.update(len(batch))
+
+
+class _atomic_output:
+    """Write to a temporary file beside ``path``; rename over it only on success."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                        dir=self.path.parent)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            Path(self.tmp).unlink(missing_ok=True)
+        return False
+
+
+# -- index build / add / delete -------------------------------------------------------------------
+def _checkpoint_dir(work_dir, no_checkpoint):
+    if no_checkpoint:
+        return None
+    return work_dir if work_dir is not None else "auto"
+
+
+@index_app.command("build")
+@reports_errors
+def index_build(
+    corpus: Annotated[Path, typer.Argument(
+        help="BEIR corpus.jsonl, a JSONL with a text field, a folder of .txt/.md files, or a "
+        "text file with one passage per line.", show_default=False)],
+    index_dir: Annotated[Path, typer.Argument(help="Index folder to create.", show_default=False)],
+    index_type: Annotated[str, typer.Option(
+        "--index-type", "-t", help="flat (exact; default), hnsw, ivfpq (large corpora), or a "
+        "FAISS factory string such as 'HNSW16,Flat' or 'IVF1024,PQ32'.")] = "flat",
+    nprobe: Annotated[Optional[int], typer.Option(
+        "--nprobe", min=1, help="IVF lists searched per query (IVF indexes; default 16).")] = None,
+    ef_search: Annotated[Optional[int], typer.Option(
+        "--ef-search", min=1, help="HNSW search breadth (HNSW indexes; default 128).")] = None,
+    train_size: Annotated[int, typer.Option(
+        "--train-size", min=1, help="Vectors sampled to train IVF/PQ indexes.")] = 100_000,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing index folder (atomically).")] = False,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = None,
+    title_field: TitleFieldOpt = "title",
+    chunk_size: ChunkSizeOpt = 1024,
+    work_dir: WorkDirOpt = None,
+    no_checkpoint: NoCheckpointOpt = False,
+    progress: ProgressOpt = None,
+    preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None,
+    tp_start: TpStartOpt = None, tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None,
+    prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
+    document_prompt: DocumentPromptOpt = None, max_length: MaxLengthOpt = None,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Embed a corpus and save a FAISS index folder.
+
+    Example: tp-rag index build examples/data/corpus.jsonl my-index --index-type hnsw
+    """
+    from tp_rag.corpus import read_documents
+    from tp_rag.index import FaissIndex
+    from tp_rag.index.storage import MANIFEST
+
+    if (index_dir / MANIFEST).exists() and not overwrite:
+        raise fail(f"{index_dir} already holds an index; use --overwrite to replace it or "
+                   "'tp-rag index add' to add documents")
+    docs = read_documents(corpus, text_field=text_field, id_field=id_field,
+                          title_field=title_field or None)
+    config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
+                            query_prompt, document_prompt, max_length, device, dtype, batch_size)
+    index = FaissIndex.build(
+        docs, make_encoder(config), index_type, nprobe=nprobe, ef_search=ef_search,
+        train_size=train_size, chunk_size=chunk_size,
+        checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint), show_progress=progress,
+    )
+    index.save(index_dir)
+    typer.echo(f"Indexed {len(index)} documents ({index.factory}, dimension {index.dim}) "
+               f"into {index_dir}", err=True)
+
+
+@index_app.command("add")
+@reports_errors
+def index_add(
+    index_dir: Annotated[Path, typer.Argument(help="Existing index folder.", show_default=False)],
+    corpus: Annotated[Path, typer.Argument(
+        help="Documents to add (same formats as 'index build'); ids must be new.",
+        show_default=False)],
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = None,
+    title_field: TitleFieldOpt = "title",
+    chunk_size: ChunkSizeOpt = 1024,
+    work_dir: WorkDirOpt = None,
+    no_checkpoint: NoCheckpointOpt = False,
+    progress: ProgressOpt = None,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Embed more documents into an index folder (encoder settings come from its manifest).
+
+    Example: tp-rag index add my-index more.jsonl
+    """
+    from tp_rag.corpus import read_documents
+    from tp_rag.index import FaissIndex
+
+    index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
+                            dtype=dtype.value if dtype else None)
+    docs = read_documents(corpus, text_field=text_field, id_field=id_field,
+                          title_field=title_field or None)
+    added = index.add_documents(docs, chunk_size=chunk_size,
+                                checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint),
+                                show_progress=progress)
+    if not added:
+        raise fail(f"{corpus} holds no documents")
+    index.save(index_dir)
+    typer.echo(f"Added {len(added)} documents to {index_dir} ({len(index)} in all)", err=True)
+
+
+@index_app.command("delete")
+@reports_errors
+def index_delete(
+    index_dir: Annotated[Path, typer.Argument(help="Existing index folder.", show_default=False)],
+    ids: Annotated[List[str], typer.Argument(help="Document ids to remove.", show_default=False)],
+    missing_ok: Annotated[bool, typer.Option(
+        "--missing-ok", help="Ignore ids that are not in the index.")] = False,
+):
+    """Remove documents by id (no model is loaded).
+
+    Example: tp-rag index delete my-index doc-17 doc-18
+    """
+    from tp_rag.index import FaissIndex
+
+    index = FaissIndex.load(index_dir)
+    removed = index.delete(ids, missing_ok=missing_ok)
+    index.save(index_dir)
+    typer.echo(f"Removed {removed} documents from {index_dir} ({len(index)} left)", err=True)
+
+
+# -- search ---------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.", show_default=False)],
+    queries: Annotated[Optional[List[str]], typer.Argument(
+        help="One or more queries.", show_default=False)] = None,
+    queries_file: Annotated[Optional[Path], typer.Option(
+        "--queries-file", "-q", help="Text file with one query per line.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON (one object per query, one per line) instead of a table.")] = False,
+    nprobe: Annotated[Optional[int], typer.Option(
+        "--nprobe", min=1, help="IVF lists to search (IVF indexes only).")] = None,
+    ef_search: Annotated[Optional[int], typer.Option(
+        "--ef-search", min=1, help="HNSW search breadth (HNSW indexes only).")] = None,
+    width: Annotated[Optional[int], typer.Option(
+        "--width", min=40, help="Table width (default: the terminal's).")] = None,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Search an index folder; the encoder is rebuilt from the index's manifest.
+
+    Example: tp-rag search my-index "highest mountain in the world" -k 3
+    """
+    from tp_rag.index import FaissIndex
+
+    items = list(queries or [])
+    if queries_file is not None:
+        items += [line.strip() for line in queries_file.read_text(encoding="utf-8").splitlines()
+                  if line.strip()]
+    if not items:
+        raise fail("give at least one query (arguments or --queries-file)", 2)
+    index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
+                            dtype=dtype.value if dtype else None)
+    if nprobe is not None or ef_search is not None:
+        index.set_search_params(nprobe=nprobe, ef_search=ef_search)
+    results = index.search_batch(items, k=top_k)
+    if as_json:
+        for query, hits in zip(items, results):
+            typer.echo(json.dumps({"query": query, "results": [h.to_dict() for h in hits]},
+                                  ensure_ascii=False))
+        return
+    total = width or shutil.get_terminal_size((100, 24)).columns
+    for n, (query, hits) in enumerate(zip(items, results)):
+        if n:
+            typer.echo("")
+        typer.echo(format_table(query, hits, total))
+
+
+def format_table(query: str, hits, width: int = 100) -> str:
+    """A plain-text table: rank, score, id, and the (title and) text cut to ``width``."""
+    id_width = min(max([len(h.id) for h in hits] + [2]), 30)
+    head = f"{'#':>3}  {'score':>6}  {'id':<{id_width}}  "
+    room = max(width - len(head), 20)
+    lines = [f"query: {query}", head + "text", "-" * min(width, len(head) + room)]
+    for hit in hits:
+        title = hit.metadata.get("title")
+        text = f"{title}: {hit.text}" if isinstance(title, str) and title else hit.text
+        text = " ".join(text.split())
+        if len(text) > room:
+            text = text[: room - 3] + "..."
+        doc_id = hit.id if len(hit.id) <= id_width else hit.id[: id_width - 3] + "..."
+        lines.append(f"{hit.rank:>3}  {hit.score:>6.3f}  {doc_id:<{id_width}}  {text}")
+    if not hits:
+        lines.append("(no results: the index is empty)")
+    return "\n".join(lines)
+
+
+# -- info -----------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def info(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Also check the data files' sizes and sha256 checksums.")] = False,
+):
+    """Show what an index folder holds (no model is loaded).
+
+    Example: tp-rag info my-index --verify
+    """
+    from tp_rag.index.storage import read_manifest, verify_file
+
+    manifest = read_manifest(index_dir)
+    if verify:
+        for entry in manifest.files.values():
+            verify_file(index_dir, entry)
+    if as_json:
+        typer.echo(json.dumps(manifest.model_dump(mode="json"), indent=2))
+        return
+    enc = manifest.encoder
+    tp = (f"layers {enc.get('tp_start')}..{enc.get('tp_exit')}" if enc.get("token_prepending", True)
+          else "off")
+    params = ", ".join(f"{k}={v}" for k, v in manifest.search_params.items() if v is not None)
+    prompts = enc.get("prompt")
+    if enc.get("query_prompt") or enc.get("document_prompt"):
+        prompts = (f"{prompts} (queries: {enc.get('query_prompt') or prompts}; documents: "
+                   f"{enc.get('document_prompt') or prompts})")
+    rows = [
+        ("index", str(index_dir)),
+        ("documents", str(manifest.count)),
+        ("index type", f"{manifest.index_type} ({manifest.factory})" + (f", {params}" if params else "")),
+        ("dimension", f"{manifest.dim}, {'L2-normalised (cosine scores)' if manifest.normalize else 'not normalised (inner product)'}"),
+        ("model", str(enc.get("model")) + (f" (preset {manifest.preset})" if manifest.preset else "")),
+        ("prompt", str(prompts)),
+        ("token prepending", tp),
+        ("output layer", str(enc.get("output_layer"))),
+        ("max length", str(enc.get("max_length"))),
+        ("built with", f"tp-rag {manifest.tp_rag_version}, faiss {manifest.faiss_version}, "
+                       f"{manifest.created_at}"),
+    ]
+    for key in ("faiss", "docs"):
+        entry = manifest.files[key]
+        rows.append((f"{key} file", f"{entry.name} ({_size(entry.bytes)}, sha256 "
+                                    f"{entry.sha256[:12]}...)" + (" verified" if verify else "")))
+    label = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{label}}  {value}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _version(value: bool):
+    if value:
+        from tp_rag import __version__
+
+        typer.echo(f"tp-rag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+):
+    """Sentence and passage embeddings from decoder-only LLMs with Token Prepending, and FAISS
+    indexes over them."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(prog_name="tp-rag")
