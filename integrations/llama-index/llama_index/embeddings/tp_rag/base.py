@@ -1,0 +1,190 @@
+"""LlamaIndex ``BaseEmbedding`` over a tp-rag :class:`~tp_rag.Encoder`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List, Literal, Optional, Union
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from tp_rag import DEFAULT_PRESET, Encoder, EncoderConfig, preset_config
+from tp_rag.presets import PRESETS
+
+PromptSpec = Union[str, List[str]]
+
+# Settings that determine the vectors (EncoderConfig's fields; ``model`` is ``model_name`` here,
+# ``batch_size`` is ``embed_batch_size``). With a shared encoder they must match its config.
+ENCODER_SETTINGS: tuple[str, ...] = (
+    "prompt",
+    "query_prompt",
+    "document_prompt",
+    "token_prepending",
+    "tp_start",
+    "tp_exit",
+    "output_layer",
+    "pst_init",
+    "preprocess",
+    "max_length",
+    "device",
+    "dtype",
+    "normalize",
+)
+_FIXED = frozenset(ENCODER_SETTINGS) | {"model_name", "preset"}
+
+
+class TokenPrependingEmbedding(BaseEmbedding):
+    """Sentence/passage embeddings from a decoder-only LLM with Token Prepending (tp-rag).
+
+    Build the encoder from settings, or share one you already have::
+
+        from llama_index.core import Settings
+        from llama_index.embeddings.tp_rag import TokenPrependingEmbedding
+
+        Settings.embed_model = TokenPrependingEmbedding()  # bundled Gemma 3 270M preset
+        embed_model = TokenPrependingEmbedding(
+            preset="gemma-3-270m", query_prompt="prompteol", document_prompt="passage_eol"
+        )
+        embed_model = TokenPrependingEmbedding(encoder=my_encoder)  # share the model
+
+    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m`` when
+    no ``model_name`` is given), else :class:`tp_rag.EncoderConfig`'s default; after
+    construction every field holds the value in force, and those that determine the vectors
+    cannot be reassigned (build a new object instead). ``embed_batch_size`` is both
+    LlamaIndex's batch (texts per ``_get_text_embeddings`` call) and the model's batch size.
+
+    Queries are embedded with the query template, texts (nodes, documents) with the document
+    template. The async methods run the encoder in a worker thread.
+    """
+
+    model_name: str = Field(
+        default="", description="Bundled model name, local folder, .gguf file or Hugging Face "
+        "hub id (``model`` is accepted too). Empty: the preset's model."
+    )
+    preset: Optional[str] = Field(default=None, description="tp-rag preset, e.g. gemma-3-270m.")
+    prompt: Optional[PromptSpec] = Field(
+        default=None, description="Prompt family (prompteol, metaeol, pretended_cot, knowledge, "
+        "passage_eol) or template(s) with {text}."
+    )
+    query_prompt: Optional[PromptSpec] = Field(default=None, description="Template(s) for queries.")
+    document_prompt: Optional[PromptSpec] = Field(
+        default=None, description="Template(s) for texts/documents."
+    )
+    token_prepending: Optional[bool] = Field(default=None, description="Use Token Prepending.")
+    tp_start: Optional[int] = Field(default=None, description="First decoder layer with TP.")
+    tp_exit: Optional[int] = Field(default=None, description="TP before layers tp_start..tp_exit-1.")
+    output_layer: Optional[int] = Field(default=None, description="Layer taken (-1 = last).")
+    pst_init: Optional[Literal["mean", "zeros", "pad"]] = Field(
+        default=None, description="Placeholder input vector before TP overwrites it."
+    )
+    preprocess: Optional[bool] = Field(default=None, description="Paper's sentence normalisation.")
+    max_length: Optional[int] = Field(default=None, description="Max tokens per prompt.")
+    device: Optional[str] = Field(default=None, description="auto, cpu, cuda, cuda:N or mps.")
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(
+        default=None, description="Model dtype."
+    )
+    normalize: Optional[bool] = Field(default=None, description="L2-normalise the embeddings.")
+
+    _encoder: Encoder = PrivateAttr()
+
+    def __init__(self, encoder: Optional[Encoder] = None, **kwargs: Any) -> None:
+        if "model" in kwargs:
+            if kwargs.get("model_name"):
+                raise ValueError("pass either model or model_name, not both")
+            kwargs["model_name"] = kwargs.pop("model")
+        if not kwargs.get("model_name"):
+            kwargs.pop("model_name", None)  # "" (a default that was serialised) = not given
+        settings = {name: kwargs[name] for name in ENCODER_SETTINGS if name in kwargs}
+        if "model_name" in kwargs:
+            settings["model"] = kwargs["model_name"]
+        preset = kwargs.get("preset")
+        if encoder is None and preset is None and "model" not in settings:
+            kwargs["preset"] = preset = DEFAULT_PRESET
+        batch = kwargs.get("embed_batch_size")
+        if encoder is None and batch is not None:
+            settings["batch_size"] = batch
+        encoder = resolve_encoder(encoder, preset, settings)
+        config = encoder.config
+        kwargs.update({name: getattr(config, name) for name in ENCODER_SETTINGS})
+        kwargs["model_name"] = config.model
+        if batch is None:
+            kwargs["embed_batch_size"] = config.batch_size
+        super().__init__(**kwargs)
+        self._encoder = encoder
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIXED and getattr(self, "__pydantic_private__", None):
+            raise AttributeError(
+                f"{name} is fixed once the embedding model exists (its encoder was built with "
+                "it); create a new TokenPrependingEmbedding instead"
+            )
+        super().__setattr__(name, value)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "TokenPrependingEmbedding"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The tp_rag.Encoder behind this embedding model (shareable with other wrappers)."""
+        return self._encoder
+
+    # -- sync ---------------------------------------------------------------------------------
+    def _encode(self, texts: List[str], kind: str) -> List[Embedding]:
+        vectors = self._encoder.encode(texts, kind=kind, batch_size=self.embed_batch_size)
+        return vectors.tolist()
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._encode(_one(query), "query")[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._encode(_one(text), "document")[0]
+
+    def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return self._encode(texts, "document")
+
+    # -- async: the model runs in a worker thread ---------------------------------------------
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+
+def _one(text: Any) -> List[str]:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    return [text]
+
+
+def resolve_encoder(
+    encoder: Optional[Encoder], preset: Optional[str], settings: dict[str, Any]
+) -> Encoder:
+    """The encoder to use: ``encoder`` if given (checked against the settings), else a new one
+    built from ``preset`` and ``settings``."""
+    if encoder is None:
+        config = preset_config(preset, **settings) if preset else EncoderConfig(**settings)
+        return Encoder(config)
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")
+    expected = dict(settings)
+    if preset is not None:
+        preset_config(preset)  # unknown names fail with the list of presets
+        expected = {**PRESETS[preset], **settings}
+    expected.pop("batch_size", None)  # a per-call setting: may differ from the encoder's
+    conflicts = [
+        f"{'model_name' if name == 'model' else name}={value!r} "
+        f"(the encoder has {getattr(encoder.config, name)!r})"
+        for name, value in expected.items()
+        if getattr(encoder.config, name) != value
+    ]
+    if conflicts:
+        origin = f" (from preset {preset!r})" if preset is not None else ""
+        raise ValueError(
+            "an encoder was passed together with settings that disagree with its "
+            f"configuration{origin}: {', '.join(conflicts)}. Pass either the encoder or the "
+            "settings, or settings that match it."
+        )
+    return encoder

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny model folder for fast tests, the bundled model for real_model ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "real_model: uses the bundled Gemma 3 270M (first run converts the GGUF)"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random llama folder (4 layers, dim 32), written once per session."""
+    from tp_rag.testing import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_dir) -> dict:
+    """Settings that build an encoder over the tiny folder (it has 4 layers: tp_exit <= 4)."""
+    return {"model": str(tiny_dir), "tp_exit": 3, "device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_params):
+    """A core encoder over the tiny folder, built with the same settings as ``tiny_params``."""
+    from tp_rag import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig(**tiny_params))
+
+
+@pytest.fixture(scope="session")
+def real_encoder():
+    """The bundled Gemma 3 270M preset, loaded once per session."""
+    from tp_rag import Encoder
+
+    return Encoder.from_preset("gemma-3-270m", device="cpu")
