@@ -1,0 +1,205 @@
+"""Layer sweep on STS-B dev (the only split layers are tuned on).
+
+For each ``tp_exit`` (TP before layers ``tp_start..tp_exit-1``) and for vanilla, one pass of
+``encode_all_layers`` scores every output layer. Writes ``sweep_stsb_dev_<prompt>.json`` (grid,
+best TP and best vanilla setting), ``.md`` and a heat-map ``.png``. Rows already in the JSON (same
+settings) are reused, so a stopped sweep resumes.
+
+    python -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tp_rag_eval.common import RESULTS_DIR, default_data_root, run_record, write_json
+from tp_rag_eval.sts import evaluate_all_layers
+from tp_rag_eval.sts_data import load_task
+
+TASK = "STSB-dev"
+
+
+def row_name(tp_exit: Optional[int], tp_start: int) -> str:
+    return "vanilla" if tp_exit is None else f"tp {tp_start}..{tp_exit}"
+
+
+def best_of(grid: dict[str, dict]) -> dict:
+    """Best (row, output layer) for TP rows and for vanilla; ties -> the earlier layer."""
+    out = {}
+    for mode in ("tp", "vanilla"):
+        best = None
+        for row in grid.values():
+            if (row["tp_exit"] is None) != (mode == "vanilla"):
+                continue
+            values = row["spearman_by_layer"]
+            k = int(np.argmax(values))
+            if best is None or values[k] > best["spearman"]:
+                best = {"spearman": values[k], "output_layer": k + 1,
+                        "tp_start": row["tp_start"], "tp_exit": row["tp_exit"]}
+        if best is not None:
+            if mode == "vanilla":
+                best.pop("tp_start"), best.pop("tp_exit")
+            out[mode] = best
+    return out
+
+
+def markdown(record: dict) -> str:
+    grid = record["results"]["grid"]
+    layers = len(next(iter(grid.values()))["spearman_by_layer"])
+    best = record["results"]["best"]
+    s = record["settings"]
+    lines = [
+        f"# STS-B dev layer sweep: {s['prompt']} ({s['model']})",
+        "",
+        f"Spearman x100 of cosine vs gold on {record['results']['n_pairs']} STS-B dev pairs; "
+        f"rows: TP range (tp_start..tp_exit, 0-based decoder layers) or vanilla; columns: "
+        f"output_layer (hidden state after k layers; {layers} = last, with the final norm).",
+        f"preprocess={s['preprocess']}, max_length={s['max_length']}, pst_init={s['pst_init']}.",
+        "",
+        f"Command: `{record['command']}`  ",
+        f"Date: {record['date']}",
+        "",
+        "| row | " + " | ".join(str(k) for k in range(1, layers + 1)) + " |",
+        "|---|" + "---:|" * layers,
+    ]
+    for name, row in grid.items():
+        vals = row["spearman_by_layer"]
+        top = max(vals)
+        cells = [f"**{v:.2f}**" if v == top else f"{v:.2f}" for v in vals]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Best (bold = best layer in its row):", ""]
+    for mode, b in best.items():
+        extra = f", tp {b['tp_start']}..{b['tp_exit']}" if mode == "tp" else ""
+        lines.append(f"- {mode}: {b['spearman']:.2f} at output_layer {b['output_layer']}{extra}")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = record["results"]["grid"]
+    names = list(grid)
+    data = np.array([grid[n]["spearman_by_layer"] for n in names])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * data.shape[1], 1.2 + 0.45 * len(names)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(data.shape[1]), [str(k) for k in range(1, data.shape[1] + 1)])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("output_layer (hidden state after k decoder layers)")
+    ax.set_ylabel("TP range / vanilla")
+    lo, hi = np.nanmin(data), np.nanmax(data)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            v = data[i, j]
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if v > lo + 0.6 * (hi - lo) else "white",
+                    fontweight="bold" if v == data[i].max() else "normal")
+    s = record["settings"]
+    ax.set_title(f"STS-B dev Spearman x100, {s['model']}, {s['prompt']}"
+                 f"{', preprocess' if s['preprocess'] else ''}", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.025)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[int], data: Path,
+              out_dir: Optional[Path], limit: Optional[int] = None, vanilla: bool = True,
+              settings: Optional[dict] = None, show_progress: bool = True) -> dict:
+    """``encoder_factory(tp_exit or None) -> Encoder``; returns the record (also written)."""
+    subsets = load_task(data, TASK, limit)
+    json_path = out_dir / f"sweep_stsb_dev_{prompt}.json" if out_dir else None
+    rows: list[Optional[int]] = ([None] if vanilla else []) + list(tp_exits)
+    grid: dict[str, dict] = {}
+    base_settings = None
+    if json_path and json_path.is_file():
+        old = json.loads(json_path.read_text())
+        same = lambda d: {k: v for k, v in (d or {}).items() if k != "tp_exits"}  # noqa: E731
+        if same(old["settings"]) == same(settings):
+            grid = old["results"]["grid"]
+            print(f"[sweep] resuming: {len(grid)} rows from {json_path}", file=sys.stderr)
+    record = None
+    for tp_exit in rows:
+        name = row_name(tp_exit, tp_start)
+        if name in grid:
+            continue
+        encoder = encoder_factory(tp_exit)
+        base_settings = base_settings or encoder.config.model_dump()
+        print(f"[sweep] {name}: {encoder!r}", file=sys.stderr)
+        res = evaluate_all_layers(encoder, subsets, show_progress)
+        grid[name] = {"tp_start": tp_start if tp_exit else None, "tp_exit": tp_exit,
+                      "spearman_by_layer": res["spearman"]}
+        vals = res["spearman"]
+        print(f"[sweep] {name}: best layer {int(np.argmax(vals)) + 1} = {max(vals):.2f}",
+              file=sys.stderr, flush=True)
+        record = run_record("sweep", settings,
+                            {"task": TASK, "n_pairs": len(subsets[0]), "grid": grid,
+                             "best": best_of(grid)})
+        if json_path:
+            write_json(json_path, record)
+    if record is None:  # everything was cached
+        record = json.loads(json_path.read_text())
+    if out_dir:
+        (out_dir / f"sweep_stsb_dev_{prompt}.md").write_text(markdown(record))
+        heatmap(record, out_dir / f"sweep_stsb_dev_{prompt}.png")
+    return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tp_rag_eval.sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=default_data_root())
+    ap.add_argument("--preset", default="gemma-3-270m")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--prompt", default="prompteol")
+    ap.add_argument("--tp-start", type=int, default=1)
+    ap.add_argument("--tp-exits", type=int, nargs="+", default=list(range(2, 11)))
+    ap.add_argument("--no-vanilla", dest="vanilla", action="store_false")
+    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false")
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--limit", type=int, default=None, help="first N dev pairs (smoke runs)")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+
+    from tp_rag import Encoder
+    from tp_rag.models import load_model
+    from tp_rag.presets import preset_config
+
+    common = dict(prompt=args.prompt, preprocess=args.preprocess, max_length=args.max_length,
+                  batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                  tp_start=args.tp_start, output_layer=-1)
+    if args.model:
+        common["model"] = args.model
+    base = preset_config(args.preset, **common)
+    loaded = load_model(base.model, device=base.device, dtype=base.dtype)
+
+    def factory(tp_exit):
+        if tp_exit is None:
+            return Encoder(preset_config(args.preset, **common, token_prepending=False),
+                           loaded=loaded)
+        return Encoder(preset_config(args.preset, **common, token_prepending=True,
+                                     tp_exit=tp_exit), loaded=loaded)
+
+    settings = {"model": base.model, "prompt": args.prompt, "preprocess": args.preprocess,
+                "max_length": args.max_length, "pst_init": base.pst_init, "dtype": args.dtype,
+                "tp_start": args.tp_start, "tp_exits": args.tp_exits, "limit": args.limit,
+                "data": str(args.data)}
+    record = run_sweep(factory, args.prompt, args.tp_start, args.tp_exits, args.data,
+                       args.out_dir, args.limit, args.vanilla, settings)
+    print(json.dumps(record["results"]["best"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
