@@ -82,6 +82,12 @@ class Encoder:
     def _pst_vector(self) -> Optional[torch.Tensor]:
         if not self.config.token_prepending:
             return None
+        cache = self._loaded.pst_vectors  # shared by encoders over the same loaded model
+        if self.config.pst_init not in cache:
+            cache[self.config.pst_init] = self._compute_pst_vector()
+        return cache[self.config.pst_init]
+
+    def _compute_pst_vector(self) -> torch.Tensor:
         embed = self._loaded.decoder.get_input_embeddings()
         device = embed.weight.device
         with torch.inference_mode():

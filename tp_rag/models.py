@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ class LoadedModel:
     layers: nn.ModuleList
     tokenizer: object
     name: str
+    pst_vectors: dict = field(default_factory=dict)  # placeholder init vectors, by pst_init
 
 
 def cache_dir() -> Path:
