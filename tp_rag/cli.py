@@ -125,7 +125,19 @@ def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, q
 def make_encoder(config):
     from tp_rag.encoder import Encoder
 
+    quiet_loading()
     return Encoder(config)
+
+
+def quiet_loading() -> None:
+    """No model-loading progress bars from transformers when stderr is not a terminal (logs,
+    pipes, tests): one error line should stay one line."""
+    import sys
+
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 # -- error handling -------------------------------------------------------------------------------
@@ -308,14 +320,16 @@ def index_build(
     Example: tp-rag index build examples/data/corpus.jsonl my-index --index-type hnsw
     """
     from tp_rag.corpus import read_documents
-    from tp_rag.index import FaissIndex
+    from tp_rag.index import FaissIndex, check_documents
     from tp_rag.index.storage import MANIFEST
 
     if (index_dir / MANIFEST).exists() and not overwrite:
         raise fail(f"{index_dir} already holds an index; use --overwrite to replace it or "
                    "'tp-rag index add' to add documents")
-    docs = read_documents(corpus, text_field=text_field, id_field=id_field,
-                          title_field=title_field or None)
+    docs = check_documents(read_documents(corpus, text_field=text_field, id_field=id_field,
+                                          title_field=title_field or None))
+    if not docs:
+        raise fail(f"the corpus is empty: {corpus} holds no documents")
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
                             query_prompt, document_prompt, max_length, device, dtype, batch_size)
     index = FaissIndex.build(
@@ -349,12 +363,13 @@ def index_add(
     Example: tp-rag index add my-index more.jsonl
     """
     from tp_rag.corpus import read_documents
-    from tp_rag.index import FaissIndex
+    from tp_rag.index import FaissIndex, check_documents
 
+    quiet_loading()
     index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
                             dtype=dtype.value if dtype else None)
-    docs = read_documents(corpus, text_field=text_field, id_field=id_field,
-                          title_field=title_field or None)
+    docs = check_documents(read_documents(corpus, text_field=text_field, id_field=id_field,
+                                          title_field=title_field or None), existing=set(index.ids))
     added = index.add_documents(docs, chunk_size=chunk_size,
                                 checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint),
                                 show_progress=progress)
@@ -410,12 +425,16 @@ def search(
     """
     from tp_rag.index import FaissIndex
 
+    quiet_loading()
     items = list(queries or [])
     if queries_file is not None:
         items += [line.strip() for line in queries_file.read_text(encoding="utf-8").splitlines()
                   if line.strip()]
     if not items:
         raise fail("give at least one query (arguments or --queries-file)", 2)
+    for i, query in enumerate(items):
+        if not query.strip():
+            raise fail(f"query {i} is empty; there is nothing to search for")
     index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
                             dtype=dtype.value if dtype else None)
     if nprobe is not None or ef_search is not None:

@@ -8,13 +8,14 @@
 """
 
 from tp_rag.index.compat import RUNTIME_FIELDS, EncoderMismatchError, vector_settings
-from tp_rag.index.core import FaissIndex, Hit, manifest_config
+from tp_rag.index.core import FaissIndex, Hit, check_documents, manifest_config
 from tp_rag.index.factory import INDEX_TYPES
 from tp_rag.index.storage import IndexFormatError, Manifest, read_manifest
 
 __all__ = [
     "FaissIndex",
     "Hit",
+    "check_documents",
     "INDEX_TYPES",
     "EncoderMismatchError",
     "IndexFormatError",

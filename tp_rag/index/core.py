@@ -220,33 +220,7 @@ class FaissIndex:
         return [d.id for d in docs]
 
     def _checked(self, documents: Iterable[Document]) -> list[Document]:
-        docs = list(documents)
-        seen: set[str] = set()
-        repeated: list[str] = []
-        existing: list[str] = []
-        for i, doc in enumerate(docs):
-            if not isinstance(doc, Document):
-                raise TypeError(f"documents[{i}] is {type(doc).__name__}, not tp_rag.corpus.Document")
-            if not isinstance(doc.id, str) or not doc.id:
-                raise ValueError(f"documents[{i}] has an invalid id {doc.id!r} (need a non-empty string)")
-            if not isinstance(doc.text, str):
-                raise TypeError(f"document {doc.id!r}: text is {type(doc.text).__name__}, not str")
-            if not doc.embedding_text.strip():
-                raise ValueError(f"document {doc.id!r} has an empty text; there is nothing to embed")
-            try:
-                json.dumps(doc.metadata)
-            except (TypeError, ValueError) as err:
-                raise TypeError(f"document {doc.id!r}: metadata is not JSON-serialisable ({err})") from None
-            if doc.id in self._fids:
-                existing.append(doc.id)
-            elif doc.id in seen:
-                repeated.append(doc.id)
-            seen.add(doc.id)
-        if existing:
-            raise ValueError(f"ids already in the index: {_names(existing)}")
-        if repeated:
-            raise ValueError(f"duplicate ids among the new documents: {_names(repeated)}")
-        return docs
+        return check_documents(documents, existing=self._fids)
 
     def _ensure_index(self, n: int, sample) -> None:
         if self.faiss_index is None:
@@ -491,10 +465,43 @@ def manifest_config(manifest: Manifest) -> EncoderConfig:
         raise IndexFormatError(f"the manifest's encoder settings are invalid: {err}") from None
 
 
+def check_documents(documents: Iterable[Document], existing=()) -> list[Document]:
+    """The documents as a list, after checking (before any embedding) that ids are non-empty
+    strings, unique and not in ``existing``, texts non-empty, and metadata JSON-serialisable.
+    Errors name the offending ids."""
+    docs = list(documents)
+    seen: set[str] = set()
+    repeated: list[str] = []
+    clashes: list[str] = []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            raise TypeError(f"documents[{i}] is {type(doc).__name__}, not tp_rag.corpus.Document")
+        if not isinstance(doc.id, str) or not doc.id:
+            raise ValueError(f"documents[{i}] has an invalid id {doc.id!r} (need a non-empty string)")
+        if not isinstance(doc.text, str):
+            raise TypeError(f"document {doc.id!r}: text is {type(doc.text).__name__}, not str")
+        if not doc.embedding_text.strip():
+            raise ValueError(f"document {doc.id!r} has an empty text; there is nothing to embed")
+        try:
+            json.dumps(doc.metadata)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"document {doc.id!r}: metadata is not JSON-serialisable ({err})") from None
+        if doc.id in existing:
+            clashes.append(doc.id)
+        elif doc.id in seen:
+            repeated.append(doc.id)
+        seen.add(doc.id)
+    if clashes:
+        raise ValueError(f"ids already in the index: {_names(clashes)}")
+    if repeated:
+        raise ValueError(f"duplicate ids among the new documents: {_names(repeated)}")
+    return docs
+
+
 def _names(ids: Sequence[str]) -> str:
     shown = ", ".join(repr(i) for i in ids[:_MAX_NAMED])
     more = len(ids) - _MAX_NAMED
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-__all__ = ["FaissIndex", "Hit", "EncoderMismatchError", "IndexFormatError", "manifest_config"]
+__all__ = ["FaissIndex", "Hit", "check_documents", "EncoderMismatchError", "IndexFormatError", "manifest_config"]
