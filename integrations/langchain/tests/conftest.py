@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,26 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "real_model: uses the bundled Gemma 3 270M (first run converts the GGUF)"
     )
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Run the async tests below this folder under pytest-asyncio whatever its mode.
+
+    This package's own config sets ``asyncio_mode = "auto"``, but the repository-wide run
+    (``pytest tests integrations/...`` from the root) uses the root config, where the mode is
+    strict and the standard suites' unmarked async tests would not run. Marking coroutine
+    tests here, before pytest-asyncio's own wrapper looks at them, covers both.
+    """
+    outcome = yield
+    result = outcome.get_result()
+    items = result if isinstance(result, list) else [result]
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(
+            getattr(item, "obj", None)
+        ):
+            if item.get_closest_marker("asyncio") is None:
+                item.add_marker(pytest.mark.asyncio)
 
 
 @pytest.fixture(scope="session")
