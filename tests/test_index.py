@@ -268,6 +268,24 @@ def test_crash_before_manifest_commit_keeps_previous(encoder, tmp_path, monkeypa
     assert "d0" in FaissIndex.load(tmp_path / "idx", encoder)
 
 
+def test_first_save_interrupted_can_be_retried(encoder, tmp_path, monkeypatch):
+    index = build(encoder)
+
+    def fail(*args, **kwargs):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(storage, "_write_atomic", fail)
+    with pytest.raises(OSError):
+        index.save(tmp_path / "idx")
+    assert any((tmp_path / "idx").iterdir())  # data files, no manifest
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        FaissIndex.load(tmp_path / "idx", encoder)
+    monkeypatch.undo()
+    index.save(tmp_path / "idx")
+    assert len(FaissIndex.load(tmp_path / "idx", encoder)) == len(TEXTS)
+    assert len(list((tmp_path / "idx").iterdir())) == 3
+
+
 def test_interrupted_build_resumes_from_checkpoints(encoder, tmp_path, monkeypatch):
     texts = [f"passage number {i} about cats and dogs" for i in range(10)]
     ids = [f"p{i}" for i in range(10)]

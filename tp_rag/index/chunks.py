@@ -120,7 +120,7 @@ class ChunkedEmbeddings:
 
     def _save(self, i: int, vectors: np.ndarray) -> None:
         final = self._path(i)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             np.save(handle, vectors, allow_pickle=False)
             handle.flush()

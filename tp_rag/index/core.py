@@ -195,10 +195,15 @@ class FaissIndex:
             show_progress=show_progress,
         )
         self.last_build = work
-        work.ensure()
-        self._ensure_index(len(docs), lambda n: work.sample(n))
-        for start, vectors in work.chunks():
-            self._add_vectors(np.asarray(vectors), docs[start:start + len(vectors)])
+        try:
+            work.ensure()  # all chunks on disk before anything is added: no half-added corpus
+            self._ensure_index(len(docs), lambda n: work.sample(n))
+            for start, vectors in work.chunks():
+                self._add_vectors(np.asarray(vectors), docs[start:start + len(vectors)])
+        except BaseException:
+            if checkpoint_dir is None:  # a throwaway folder: nothing to resume from
+                work.cleanup()
+            raise
         if not keep_checkpoints or checkpoint_dir is None:
             work.cleanup()
         return [d.id for d in docs]

@@ -100,7 +100,9 @@ def save_folder(path: Path, index: faiss.Index, records: Iterable[dict], manifes
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder")
-    if path.is_dir() and not (path / MANIFEST).exists() and any(path.iterdir()):
+    if path.is_dir() and not (path / MANIFEST).exists() and not all(
+        _is_ours(child.name) for child in path.iterdir()  # debris of an interrupted first save
+    ):
         raise FileExistsError(
             f"{path} is a non-empty folder that is not a tp-rag index; refusing to write into it"
         )
@@ -166,10 +168,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _is_ours(name: str) -> bool:
+    stale_manifest = name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")
+    return bool(_DATA_FILE.match(name)) or stale_manifest or name == MANIFEST
+
+
 def _remove_stale(path: Path, keep: set[str]) -> None:
     for child in path.iterdir():
-        stale_manifest = child.name.startswith(f".{MANIFEST}.") and child.name.endswith(".tmp")
-        if (child.name not in keep and _DATA_FILE.match(child.name)) or stale_manifest:
+        if child.name not in keep and child.name != MANIFEST and _is_ours(child.name):
             child.unlink(missing_ok=True)
 
 
