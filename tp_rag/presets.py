@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 from tp_rag.config import BUNDLED_MODEL, EncoderConfig
 
 # Paper settings (Fu et al., ACL 2025, and the authors' released configs). Layers are chosen on
@@ -39,14 +44,57 @@ class UnknownPresetError(ValueError):
     pass
 
 
+def user_presets_path() -> Path:
+    """Where ``tp-rag tune`` saves presets: ``$TP_RAG_PRESETS`` or the user config folder."""
+    if os.environ.get("TP_RAG_PRESETS"):
+        return Path(os.environ["TP_RAG_PRESETS"])
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return config_home / "tp-rag" / "presets.json"
+
+
+def user_presets() -> dict[str, dict]:
+    path = user_presets_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"user presets file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"user presets file {path} must map names to settings objects")
+    return data
+
+
+def all_presets() -> dict[str, dict]:
+    return {**user_presets(), **PRESETS}
+
+
 def preset_config(name: str, **overrides) -> EncoderConfig:
-    """The preset's configuration with ``overrides`` applied on top."""
-    if name not in PRESETS:
+    """The preset's configuration (built-in or saved by ``tp-rag tune``) with ``overrides``."""
+    presets = all_presets()
+    if name not in presets:
         raise UnknownPresetError(
-            f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}"
+            f"unknown preset {name!r}; available: {', '.join(sorted(presets))}"
         )
-    return EncoderConfig(**{**PRESETS[name], **overrides})
+    return EncoderConfig(**{**presets[name], **overrides})
+
+
+def save_preset(name: str, config: EncoderConfig) -> Path:
+    """Save settings under ``name`` in the user presets file (atomically); returns its path.
+    Runtime settings (device, batch size) are left out; built-in names cannot be replaced."""
+    if name in PRESETS:
+        raise ValueError(f"{name!r} is a built-in preset; choose another name")
+    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"preset name {name!r}: use letters, digits, '-', '_' or '.'")
+    path = user_presets_path()
+    presets = user_presets()
+    presets[name] = config.model_dump(exclude={"device", "batch_size"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        json.dump(presets, tmp, indent=2, sort_keys=True)
+    os.replace(tmp.name, path)
+    return path
 
 
 def list_presets() -> list[str]:
-    return sorted(PRESETS)
+    return sorted(all_presets())
