@@ -23,22 +23,25 @@ def encoder():
     return tiny_encoder("llama", num_layers=4)
 
 
-def test_sweep_finds_a_planted_sts_optimum(encoder):
-    """Gold scores are the cosines of one configuration; the sweep must pick exactly it."""
+def planted_sts_sweep(encoder):
+    """Gold scores are the cosines of one configuration (tp 1..2, output layer 3)."""
     s1, s2 = sentences(30, seed=1), sentences(30, seed=2)
     planted = encoder.replace(tp_start=1, tp_exit=2, output_layer=3)
     gold = (planted.encode(s1) * planted.encode(s2)).sum(1).tolist()
-    result = sweep(encoder, PairsDevSet(s1, s2, gold), tp_exits=[2, 3, 4])
+    return sweep(encoder, PairsDevSet(s1, s2, gold), tp_exits=[2, 3, 4])
+
+
+def test_sweep_finds_a_planted_sts_optimum(encoder):
+    result = planted_sts_sweep(encoder)
     best = result.best()
     assert best == {"token_prepending": True, "tp_start": 1, "tp_exit": 2, "output_layer": 3, "spearman": pytest.approx(100.0)}
     assert result.scores.shape == (4, 4)
     assert (np.delete(result.scores.ravel(), 1 * 4 + 2) < 100 - 1e-6).all()  # every other cell is worse
     assert result.best(token_prepending=False)["spearman"] < 100 - 1e-6
-    return result
 
 
 def test_sweep_report_and_heatmap(encoder, tmp_path):
-    result = test_sweep_finds_a_planted_sts_optimum(encoder)
+    result = planted_sts_sweep(encoder)
     table = result.markdown().splitlines()
     assert table[0].startswith("| spearman | 1 | 2 | 3 | 4 |") and table[3].startswith("| tp 1..2 |")
     record = result.to_dict()
