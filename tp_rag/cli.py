@@ -189,7 +189,8 @@ def embed(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = None,
     title_field: TitleFieldOpt = "title",
-    chunk_size: ChunkSizeOpt = 256,
+    chunk_size: Annotated[int, typer.Option(
+        "--chunk-size", min=1, help="Texts embedded and written at a time (bounds memory).")] = 256,
     progress: ProgressOpt = None,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None,
     tp_start: TpStartOpt = None, tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None,

@@ -220,7 +220,10 @@ class FaissIndex:
             )
         if not docs:
             return []
-        self._ensure_index(len(docs), lambda n: vectors[:n])
+        rng = np.random.default_rng(0)
+        self._ensure_index(
+            len(docs), lambda n: vectors[np.sort(rng.choice(len(vectors), n, replace=False))]
+        )
         self._add_vectors(vectors, docs)
         return [d.id for d in docs]
 
@@ -245,7 +248,8 @@ class FaissIndex:
     # -- deleting -----------------------------------------------------------------------------
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
         """Remove documents by id; returns how many were removed. Unknown ids are an error
-        (naming them) unless ``missing_ok``."""
+        (naming them) unless ``missing_ok``. Flat and IVF indexes delete in place; HNSW cannot,
+        so its remaining vectors are re-inserted into a fresh graph (costs a rebuild)."""
         if isinstance(ids, str):
             ids = [ids]
         unknown = [i for i in ids if i not in self._fids]
