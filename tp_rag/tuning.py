@@ -16,6 +16,7 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
+from tp_rag.corpus import join_title
 from tp_rag.encoder import Encoder
 
 
@@ -156,7 +157,7 @@ def read_beir(folder: str | Path, split: str = "dev", max_docs: Optional[int] = 
     for line in open(folder / "corpus.jsonl", encoding="utf-8"):
         if line.strip():
             row = json.loads(line)
-            corpus[str(row["_id"])] = f"{row.get('title', '')}. {row['text']}".strip(". ") if row.get("title") else row["text"]
+            corpus[str(row["_id"])] = join_title(row.get("title"), row.get("text", ""))
     queries = {}
     for line in open(folder / "queries.jsonl", encoding="utf-8"):
         if line.strip():
