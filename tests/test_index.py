@@ -356,6 +356,10 @@ def test_search_parameters(encoder):
     assert index.search_params["nprobe"] == 4
     with pytest.raises(ValueError, match="ef_search only applies to HNSW"):
         index.set_search_params(ef_search=10)
+    with pytest.raises(ValueError, match="ef_search only applies to HNSW"):
+        FaissIndex(encoder, "ivfpq", ef_search=10)  # refused before any embedding
+    with pytest.raises(ValueError, match="nprobe only applies to IVF"):
+        FaissIndex(encoder, "flat", nprobe=3)
     with pytest.raises(ValueError, match="invalid index type 'NotAType'"):
         build(encoder, "NotAType")
     factory_built = build(encoder, "HNSW16,Flat", ef_search=20)

@@ -87,8 +87,13 @@ class FaissIndex:
         self.last_build: Optional[ChunkedEmbeddings] = None  # the latest add's embedding job
         self.faiss_index: Optional[faiss.Index] = None
         self.factory: Optional[str] = None
+        if train_size < 1:
+            raise ValueError(f"train_size must be at least 1, got {train_size}")
         if not fx.needs_corpus_size(self.index_type):
             self._create(fx.factory_string(self.index_type, encoder.dim))
+        else:  # sized at the first add; check the search parameters now, before any embedding
+            probe = fx.make_index(fx.factory_string(self.index_type, self._dim, 10_000), self._dim)
+            fx.set_search_params(probe, **self._search_params)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
