@@ -1,5 +1,6 @@
 """LlamaIndex integration of tp-rag: Token Prepending embeddings from decoder-only LLMs."""
 
 from llama_index.embeddings.tp_rag.base import TokenPrependingEmbedding
+from llama_index.embeddings.tp_rag.export import to_llama_index
 
-__all__ = ["TokenPrependingEmbedding"]
+__all__ = ["TokenPrependingEmbedding", "to_llama_index"]

@@ -1,0 +1,79 @@
+"""to_langchain_faiss: a tp-rag FaissIndex as a LangChain FAISS store (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("langchain_community")
+from tp_rag.index import EncoderMismatchError, FaissIndex  # noqa: E402
+
+from langchain_tp_rag import TokenPrependingEmbeddings, to_langchain_faiss  # noqa: E402
+
+TEXTS = ["Cats sleep on the sofa.", "The stock market fell sharply today.",
+         "Paris is in France.", "Dogs run in the park."]
+IDS = ["cats", "market", "paris", "dogs"]
+
+
+def build(encoder, index_type="flat"):
+    return FaissIndex.from_texts(
+        TEXTS, encoder, ids=IDS, metadatas=[{"n": i} for i in range(4)],
+        index_type=index_type, checkpoint_dir=None, show_progress=False,
+    )
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_same_results_as_the_index(tiny_encoder, index_type):
+    index = build(tiny_encoder, index_type)
+    store = to_langchain_faiss(index)
+    assert store.embeddings.encoder is tiny_encoder
+    for query in ["Cats on the sofa", "stock prices"]:
+        expected = index.search(query, k=4)
+        got = store.similarity_search_with_score(query, k=4)
+        assert [d.id for d, _ in got] == [h.id for h in expected]
+        np.testing.assert_allclose([s for _, s in got], [h.score for h in expected], atol=1e-5)
+        assert [d.page_content for d, _ in got] == [h.text for h in expected]
+        assert [d.metadata for d, _ in got] == [h.metadata for h in expected]
+
+
+def test_store_works_on_its_own_and_leaves_the_index_alone(tiny_encoder, tmp_path):
+    index = build(tiny_encoder)
+    index.delete(["market"])  # fids no longer contiguous: the copy must not care
+    store = to_langchain_faiss(index)
+    assert store.index.ntotal == 3
+    new_ids = store.add_texts(["The Eiffel Tower is in Paris."], ids=["eiffel"])
+    assert new_ids == ["eiffel"]
+    assert store.similarity_search("The Eiffel Tower is in Paris.", k=1)[0].id == "eiffel"
+    store.delete(["cats"])
+    assert {d.id for d in store.similarity_search("anything", k=10)} == {"paris", "dogs", "eiffel"}
+    store.save_local(str(tmp_path / "lc"))
+    assert len(index) == 3 and "cats" in index and "eiffel" not in index
+
+
+def test_saved_and_loaded_index(tiny_encoder, tmp_path):
+    build(tiny_encoder).save(tmp_path / "ix")
+    loaded = FaissIndex.load(tmp_path / "ix", encoder=tiny_encoder)
+    store = to_langchain_faiss(loaded)
+    assert store.similarity_search(TEXTS[2], k=1)[0].id == "paris"
+
+
+def test_embeddings_must_match_the_index(tiny_encoder):
+    index = build(tiny_encoder)
+    same = TokenPrependingEmbeddings(encoder=tiny_encoder, batch_size=2)
+    assert to_langchain_faiss(index, same).embeddings is same
+    other = TokenPrependingEmbeddings(encoder=tiny_encoder.replace(prompt="metaeol"))
+    with pytest.raises(EncoderMismatchError, match="prompt"):
+        to_langchain_faiss(index, other)
+    with pytest.raises(TypeError, match="TokenPrependingEmbeddings"):
+        to_langchain_faiss(index, object())
+
+
+def test_compressed_index_is_refused(tiny_encoder):
+    with pytest.raises(ValueError, match="compressed"):
+        to_langchain_faiss(build(tiny_encoder, "ivfpq"))
+
+
+def test_empty_index(tiny_encoder):
+    store = to_langchain_faiss(FaissIndex(tiny_encoder))
+    assert store.index.ntotal == 0
+    assert store.similarity_search("anything", k=3) == []
