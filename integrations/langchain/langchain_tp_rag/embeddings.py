@@ -100,6 +100,8 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         if unknown:
             return data  # let pydantic report the unknown names
         settings = {name: data[name] for name in ENCODER_SETTINGS if name in data}
+        if data.get("encoder") is None and data.get("batch_size") is not None:
+            settings["batch_size"] = data["batch_size"]
         encoder = resolve_encoder(data.get("encoder"), data.get("preset"), settings)
         if data.get("encoder") is None and data.get("preset") is None and "model" not in data:
             data["preset"] = DEFAULT_PRESET
@@ -150,6 +152,7 @@ def resolve_encoder(
     if preset is not None:
         preset_config(preset)  # unknown names fail with the list of presets
         expected = {**PRESETS[preset], **settings}
+    expected.pop("batch_size", None)  # a per-call setting: may differ from the encoder's
     conflicts = [
         f"{name}={value!r} (the encoder has {getattr(encoder.config, name)!r})"
         for name, value in expected.items()

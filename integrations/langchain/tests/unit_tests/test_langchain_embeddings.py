@@ -51,6 +51,15 @@ def test_fields_show_the_settings_in_force(tiny_params):
         assert getattr(embeddings, name) == getattr(config, name), name
     assert embeddings.batch_size == config.batch_size
     assert embeddings.preset is None
+    sized = TokenPrependingEmbeddings(**tiny_params, batch_size=4)
+    assert sized.batch_size == 4 and sized.encoder.config.batch_size == 4
+
+
+def test_round_trip_through_model_dump(tiny_params):
+    embeddings = TokenPrependingEmbeddings(**tiny_params, document_prompt="passage_eol")
+    again = TokenPrependingEmbeddings(**embeddings.model_dump())
+    assert again.encoder.config == embeddings.encoder.config
+    np.testing.assert_allclose(again.embed_documents(TEXTS), embeddings.embed_documents(TEXTS), atol=1e-6)
 
 
 def test_model_name_is_accepted(tiny_params):

@@ -106,8 +106,8 @@ class TokenPrependingEmbedding(BaseEmbedding):
         config = encoder.config
         kwargs.update({name: getattr(config, name) for name in ENCODER_SETTINGS})
         kwargs["model_name"] = config.model
-        if batch is None:
-            kwargs["embed_batch_size"] = config.batch_size
+        if batch is None:  # BaseEmbedding allows at most 2048
+            kwargs["embed_batch_size"] = min(config.batch_size, 2048)
         super().__init__(**kwargs)
         self._encoder = encoder
 
