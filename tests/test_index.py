@@ -121,6 +121,22 @@ def test_add_and_delete(encoder, tmp_path, index_type):
     assert loaded.fid_of("d1") == len(TEXTS) + 1
 
 
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivfpq"])
+def test_get_vectors(encoder, tmp_path, index_type):
+    index = build(encoder, index_type)
+    index.delete(["d2"])
+    vectors = index.get_vectors(["d5", "d0"])
+    expected = encoder.encode_documents([TEXTS[5], TEXTS[0]])
+    tolerance = 1e-5 if index_type != "ivfpq" else 0.5  # PQ codes decode to approximations
+    np.testing.assert_allclose(vectors, expected, atol=tolerance)
+    with pytest.raises(KeyError, match="'d2'"):
+        index.get_vectors(["d2"])
+    index.save(tmp_path / "idx")
+    loaded = FaissIndex.load(tmp_path / "idx", encoder)
+    np.testing.assert_allclose(loaded.get_vectors(["d5", "d0"]), vectors, atol=1e-6)
+    assert index.get_vectors([]).shape == (0, encoder.dim)
+
+
 def test_delete_unknown_id_is_an_error(encoder):
     index = build(encoder)
     with pytest.raises(KeyError, match="'missing'"):

@@ -379,6 +379,23 @@ class FaissIndex:
         return Document(id=record.id, text=record.text, metadata=dict(record.metadata),
                         title=record.metadata.get("title"))
 
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` as ``(len(ids), dim)`` float32, in that order (for
+        compressed indexes such as IVF-PQ: the decoded approximations)."""
+        if isinstance(ids, str):
+            ids = [ids]
+        unknown = [i for i in ids if i not in self._fids]
+        if unknown:
+            raise KeyError(f"ids not in the index: {_names(unknown)}")
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ivf = faiss.try_extract_index_ivf(self.faiss_index)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            # IVF lists are not addressable by id until a direct map exists; a hashtable one
+            # allows arbitrary (non-contiguous) ids and survives deletions.
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return np.stack([self.faiss_index.reconstruct(self._fids[i]) for i in ids]).astype(np.float32)
+
     @property
     def search_params(self) -> dict:
         return fx.search_params(self.faiss_index) if self.faiss_index is not None else dict(self._search_params)
