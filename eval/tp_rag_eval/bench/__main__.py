@@ -1,0 +1,171 @@
+"""Command line: ``python -m tp_rag_eval.bench SUITE [options]``.
+
+Suites: ``tp`` (TP overhead), ``early-exit``, ``batching`` (length-sorted vs unsorted),
+``dtype`` (float32 vs bfloat16), ``flops`` (achieved vs matmul FLOP/s), ``load`` (first vs
+cached load, peak RSS; subprocesses), ``all`` (all of them in that order), ``report`` (rewrite
+``eval/bench/results/summary.md`` from the JSON files). Each suite writes
+``eval/bench/results/<suite>.json`` (``--out`` to change the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "load")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tp_rag_eval.bench.common import DEFAULT_CORPUS, DEFAULT_RESULTS, DEFAULT_SENTENCES
+
+    p = argparse.ArgumentParser(prog="python -m tp_rag_eval.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=(*SUITES, "all", "report"))
+    p.add_argument("--preset", default="gemma-3-270m")
+    p.add_argument("--model", help="model reference overriding the preset's")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--output-layer", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads for the timed work (default 1: on a small shared "
+                   "machine two threads make timings erratic, see the threads suite; 0: torch's "
+                   "default)")
+    p.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES, help="STS-B style tsv")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="BEIR corpus.jsonl")
+    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--reps", type=int, help="repetitions per variant (default: per suite)")
+    p.add_argument("--n-sentences", type=int, help="short texts (default: per suite)")
+    p.add_argument("--n-passages", type=int, help="passages (default: per suite)")
+    p.add_argument("--sets", default="sentences,passages", help="text sets for tp/early-exit/dtype")
+    p.add_argument("--layers", help="early-exit output layers, comma separated (default L/6 steps)")
+    p.add_argument("--no-decompose", action="store_true", help="tp: skip the no-hooks variant")
+    p.add_argument("--batching-batch-size", type=int, default=8)
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--thread-counts", default="", help="threads suite: counts besides 1 and torch's default")
+    p.add_argument("--load-dtypes", default="bfloat16,float32")
+    p.add_argument("--first-load", action="store_true",
+                   help="load: also time a first load on an empty cache (GGUF conversion, ~1 min)")
+    return p
+
+
+# Per suite: (reps, n_sentences, n_passages). Small workloads (one batch of 16 sentences, one
+# of 4 passages) repeated many times, interleaved: a short repetition is less likely to be hit
+# by a burst of other jobs, and many pairs give a stable median.
+DEFAULTS = {
+    "tp": ((30, 6), 16, 4),
+    "early-exit": ((10, 4), 16, 4),
+    "batching": ((3, 3), 0, 12),
+    "dtype": ((8, 4), 16, 2),
+    "flops": ((6, 6), 0, 4),
+    "threads": ((8, 3), 16, 0),
+    "load": ((1, 1), 0, 4),
+}
+
+
+def run_suite(name: str, args) -> Path:
+    import torch
+
+    from tp_rag.models import load_model
+    from tp_rag.presets import preset_config
+
+    from tp_rag_eval.bench import common, suites
+    from tp_rag_eval.bench.load import bench_load
+
+    default_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps_d, n_s, n_p = DEFAULTS[name]
+    # reps for the sentence set / for passages
+    reps_s, reps_p = (args.reps, args.reps) if args.reps else reps_d
+    n_s = args.n_sentences or n_s
+    n_p = args.n_passages or n_p
+    overrides = dict(dtype=args.dtype, output_layer=args.output_layer, batch_size=args.batch_size,
+                     max_length=args.max_length, device="cpu")
+    if args.model:
+        overrides["model"] = args.model
+    base = preset_config(args.preset, **overrides)
+    settings = {
+        "preset": args.preset, "config": base.model_dump(), "reps_sentences": reps_s,
+        "reps_passages": reps_p, "threads_requested": args.threads,
+        "torch_default_threads": default_threads,
+        "sentences_file": str(args.sentences), "corpus_file": str(args.corpus),
+        "n_sentences": n_s, "n_passages": n_p,
+    }
+    sets = {}
+    wanted = [s for s in args.sets.split(",") if s]
+    if n_s and "sentences" in wanted:
+        sets["sentences"] = common.load_sts_sentences(args.sentences, n_s)
+    if n_p and ("passages" in wanted or name in ("batching", "flops", "load")) and name != "threads":
+        sets["passages"] = common.load_beir_passages(args.corpus, n_p)
+
+    @lru_cache(maxsize=None)
+    def load(dtype):
+        return load_model(base.model, device="cpu", dtype=dtype)
+
+    rec = common.Recorder(name, settings)
+    results: dict = {}
+
+    def reps_for(set_name):
+        return reps_s if set_name == "sentences" else reps_p
+
+    if name == "tp":
+        for set_name, texts in sets.items():
+            results[set_name] = suites.bench_tp_overhead(
+                load(args.dtype), base, texts, reps_for(set_name), not args.no_decompose
+            )
+    elif name == "early-exit":
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        settings["layers"] = layers
+        for set_name, texts in sets.items():
+            results[set_name] = suites.bench_early_exit(load(args.dtype), base, texts, layers, reps_for(set_name))
+    elif name == "batching":
+        cfg = base.model_copy(update={"batch_size": args.batching_batch_size})
+        settings["config"] = cfg.model_dump()
+        results["passages"] = suites.bench_batching(load(args.dtype), cfg, sets["passages"], reps_p)
+    elif name == "dtype":
+        for set_name, texts in sets.items():
+            results[set_name] = suites.bench_dtype(load, base, texts, reps_for(set_name))
+    elif name == "flops":
+        settings["matmul_n"] = args.matmul_n
+        results["passages"] = suites.bench_flops(load(args.dtype), base, sets["passages"], reps_p, args.matmul_n)
+    elif name == "threads":
+        counts = sorted({1, default_threads, *[int(x) for x in args.thread_counts.split(",") if x]})
+        settings["thread_counts"] = counts
+        results["sentences"] = suites.bench_threads(load(args.dtype), base, sets["sentences"], counts, reps_s)
+    elif name == "load":
+        settings["first_load"] = args.first_load
+        dtypes = [d for d in args.load_dtypes.split(",") if d]
+        settings["load_dtypes"] = dtypes
+        results = bench_load(
+            base.model, dtypes, reps_p, sets.get("passages"), first_load=args.first_load,
+            batch_size=args.batch_size, max_length=args.max_length, output_layer=args.output_layer,
+            threads=args.threads,
+        )
+    record = rec.finish(results)
+    path = common.write_record(record, args.out, name)
+    print(f"wrote {path} ({record['suite_wall_s']} s)", file=sys.stderr)
+    return path
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.suite == "report":
+        from tp_rag_eval.bench.report import write_summary
+
+        print(write_summary(args.out))
+        return 0
+    names = SUITES if args.suite == "all" else (args.suite,)
+    for name in names:
+        run_suite(name, args)
+    if args.suite == "all":
+        from tp_rag_eval.bench.report import write_summary
+
+        write_summary(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

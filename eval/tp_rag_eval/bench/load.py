@@ -1,0 +1,108 @@
+"""Model load (first load with GGUF conversion vs cached) and peak memory of encoding, each
+measured in a fresh subprocess (``tp_rag_eval.bench.child``) so nothing is warm in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tp_rag_eval.bench.common import quantiles, rounded
+
+
+def run_child(
+    model: str,
+    dtype: str,
+    texts: Optional[Sequence[str]] = None,
+    cache: Optional[str] = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+    output_layer: int = -1,
+    threads: Optional[int] = None,
+    timeout: float = 900,
+) -> dict:
+    env = dict(os.environ)
+    if cache:
+        env["TP_RAG_CACHE"] = cache
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="tp-rag-bench-") as tmp:
+        cmd = [
+            sys.executable, "-m", "tp_rag_eval.bench.child", "--model", model, "--dtype", dtype,
+            "--batch-size", str(batch_size), "--max-length", str(max_length),
+            "--output-layer", str(output_layer),
+        ]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        if texts:
+            path = Path(tmp) / "texts.json"
+            path.write_text(json.dumps(list(texts)))
+            cmd += ["--texts-file", str(path)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["subprocess_wall_s"] = wall
+    result["dtype"] = dtype
+    return result
+
+
+def bench_load(
+    model: str,
+    dtypes: Sequence[str] = ("bfloat16", "float32"),
+    reps: int = 2,
+    texts: Optional[Sequence[str]] = None,
+    first_load: bool = False,
+    **child_args,
+) -> dict:
+    """Cached loads, ``reps`` per dtype (dtypes alternated), each in a new process, each also
+    encoding ``texts`` for the memory peak; with ``first_load``, one more process on an empty
+    ``TP_RAG_CACHE`` first (GGUF assembly and conversion; about a minute for the bundled model).
+    """
+    runs: list[dict] = []
+    first = None
+    if first_load:
+        tmp = tempfile.mkdtemp(prefix="tp-rag-cache-")
+        try:
+            first = run_child(model, dtypes[0], texts, cache=tmp, **child_args)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        first["kind"] = "first_load"
+    for r in range(reps):
+        order = list(dtypes[r % len(dtypes):]) + list(dtypes[: r % len(dtypes)])
+        for dtype in order:
+            result = run_child(model, dtype, texts, **child_args)
+            result["kind"] = "cached_load"
+            runs.append(result)
+
+    def med(dtype, key, sub=None):
+        values = [(r[sub] if sub else r).get(key) for r in runs if r["dtype"] == dtype]
+        values = [v for v in values if v is not None]
+        return quantiles(values)["median"] if values else None
+
+    cached = {}
+    for dtype in dtypes:
+        phases = sorted({k for r in runs if r["dtype"] == dtype for k in r["phases_s"]})
+        cached[dtype] = {
+            "phases_s_median": {k: med(dtype, k, "phases_s") for k in phases},
+            "total_to_ready_s_median": med(dtype, "total_to_ready_s"),
+            "subprocess_wall_s_median": med(dtype, "subprocess_wall_s"),
+            "rss_after_load_mb_median": med(dtype, "rss_after_load_mb"),
+            "peak_rss_load_mb_median": med(dtype, "peak_rss_load_mb"),
+            "peak_rss_encode_mb_median": med(dtype, "peak_rss_encode_mb"),
+            "peak_rss_encode_increase_mb_median": med(dtype, "peak_rss_encode_increase_mb"),
+            "encode_s_median": med(dtype, "encode_s"),
+        }
+    out: dict = {"model": model, "dtypes": list(dtypes), "n_texts": len(texts or []), "cached": cached, "runs": runs}
+    if first is not None:
+        same = cached[dtypes[0]]
+        out["first_load"] = first
+        out["first_over_cached_total_to_ready"] = first["total_to_ready_s"] / same["total_to_ready_s_median"]
+    return rounded(out, 4)
