@@ -92,18 +92,20 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if "model_name" in data:
-            if "model" in data:
+        if data.get("model_name") is not None:
+            if data.get("model") is not None:
                 raise ValueError("pass either model or model_name, not both")
             data["model"] = data.pop("model_name")
+        data.pop("model_name", None)
         unknown = set(data) - set(cls.model_fields)
         if unknown:
             return data  # let pydantic report the unknown names
-        settings = {name: data[name] for name in ENCODER_SETTINGS if name in data}
+        # None means "not set": the preset's value, else EncoderConfig's default.
+        settings = {n: data[n] for n in ENCODER_SETTINGS if data.get(n) is not None}
         if data.get("encoder") is None and data.get("batch_size") is not None:
             settings["batch_size"] = data["batch_size"]
         encoder = resolve_encoder(data.get("encoder"), data.get("preset"), settings)
-        if data.get("encoder") is None and data.get("preset") is None and "model" not in data:
+        if data.get("encoder") is None and data.get("preset") is None and "model" not in settings:
             data["preset"] = DEFAULT_PRESET
         data.update({name: getattr(encoder.config, name) for name in ENCODER_SETTINGS})
         data["encoder"] = encoder

@@ -157,6 +157,9 @@ def test_conflicting_settings_with_an_encoder(tiny_encoder):
         TokenPrependingEmbedding(model="a", model_name="b")
     ok = TokenPrependingEmbedding(encoder=tiny_encoder, tp_exit=3, embed_batch_size=2)
     assert ok.encoder is tiny_encoder and ok.embed_batch_size == 2
+    # None means "not set", as the field defaults say.
+    unset = TokenPrependingEmbedding(encoder=tiny_encoder, model=None, tp_exit=None, preset=None)
+    assert unset.encoder is tiny_encoder and unset.tp_exit == 3
 
 
 def test_bad_settings_are_reported(tiny_params):

@@ -107,6 +107,9 @@ def test_conflicting_settings_with_an_encoder(tiny_encoder):
     # Repeating the encoder's own settings is fine, and so is another batch size.
     ok = TokenPrependingEmbeddings(encoder=tiny_encoder, tp_exit=3, normalize=True, batch_size=2)
     assert ok.encoder is tiny_encoder and ok.batch_size == 2
+    # None means "not set", as the field defaults say.
+    unset = TokenPrependingEmbeddings(encoder=tiny_encoder, model=None, tp_exit=None, preset=None)
+    assert unset.encoder is tiny_encoder and unset.tp_exit == 3
 
 
 def test_bad_settings_are_reported(tiny_params):

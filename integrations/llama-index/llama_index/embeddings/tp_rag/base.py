@@ -87,13 +87,15 @@ class TokenPrependingEmbedding(BaseEmbedding):
     _encoder: Encoder = PrivateAttr()
 
     def __init__(self, encoder: Optional[Encoder] = None, **kwargs: Any) -> None:
-        if "model" in kwargs:
+        model = kwargs.pop("model", None)
+        if model is not None:
             if kwargs.get("model_name"):
                 raise ValueError("pass either model or model_name, not both")
-            kwargs["model_name"] = kwargs.pop("model")
+            kwargs["model_name"] = model
         if not kwargs.get("model_name"):
             kwargs.pop("model_name", None)  # "" (a default that was serialised) = not given
-        settings = {name: kwargs[name] for name in ENCODER_SETTINGS if name in kwargs}
+        # None means "not set": the preset's value, else EncoderConfig's default.
+        settings = {n: kwargs[n] for n in ENCODER_SETTINGS if kwargs.get(n) is not None}
         if "model_name" in kwargs:
             settings["model"] = kwargs["model_name"]
         preset = kwargs.get("preset")
