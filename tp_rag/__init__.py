@@ -8,11 +8,22 @@ from tp_rag.prompts import FAMILIES as PROMPT_FAMILIES
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The index pulls in faiss; load it only when asked for.
+    if name in ("FaissIndex", "Hit"):
+        from tp_rag import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module 'tp_rag' has no attribute {name!r}")
+
 __all__ = [
     "BUNDLED_MODEL",
     "DEFAULT_PRESET",
     "Encoder",
     "EncoderConfig",
+    "FaissIndex",
+    "Hit",
     "ModelNotFoundError",
     "PROMPT_FAMILIES",
     "UnknownPresetError",
