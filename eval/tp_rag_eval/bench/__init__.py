@@ -8,6 +8,7 @@ from tp_rag_eval.bench.flops import FlopModel, batch_flops, flop_model, flop_mod
 from tp_rag_eval.bench.suites import (
     batch_lengths,
     bench_batching,
+    bench_construct,
     bench_dtype,
     bench_early_exit,
     bench_flops,
@@ -22,6 +23,7 @@ __all__ = [
     "batch_flops",
     "batch_lengths",
     "bench_batching",
+    "bench_construct",
     "bench_dtype",
     "bench_early_exit",
     "bench_flops",

@@ -180,13 +180,28 @@ def paired_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, dic
     for name, values in times.items():
         ratios = [v / b for v, b in zip(values, base)]
         q = quantiles(ratios)
+        lo, hi = bootstrap_median_ci(ratios)
         out[name] = {
             "paired_median": q["median"],
             "paired_q1": q["q1"],
             "paired_q3": q["q3"],
+            "paired_median_ci95": [lo, hi],
             "ratio_of_medians": statistics.median(values) / statistics.median(base),
         }
     return out
+
+
+def bootstrap_median_ci(values: Sequence[float], level: float = 0.95, n: int = 2000, seed: int = 0):
+    """Percentile bootstrap interval of the median (what a repeat of the run could give)."""
+    import numpy as np
+
+    vals = np.asarray(values, dtype=float)
+    if len(vals) < 2:
+        return (float(vals[0]), float(vals[0])) if len(vals) else (None, None)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(vals, size=(n, len(vals)), replace=True), axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(meds, tail)), float(np.percentile(meds, 100 - tail))
 
 
 # -- timing ---------------------------------------------------------------------------------------

@@ -415,3 +415,51 @@ def bench_threads(
         },
         6,
     )
+
+
+# -- 7. Encoder construction: the PST "mean" vector -------------------------------------------------
+def _pst_mean_from_weight(loaded: LoadedModel) -> torch.Tensor:
+    """A cheaper way to the same vector (a proposal, not what tp_rag does): the mean of the
+    embedding table's rows in one reduction, times the embedding's scale (Gemma multiplies
+    looked-up rows by sqrt(hidden); 1 for other families)."""
+    embed = loaded.decoder.get_input_embeddings()
+    scale = getattr(embed, "embed_scale", None)
+    with torch.inference_mode():
+        mean = embed.weight.double().mean(0)
+        if scale is not None:
+            mean = mean * torch.as_tensor(scale).to(embed.weight.dtype).double()
+        return mean.to(embed.weight.dtype)
+
+
+def bench_construct(loaded: LoadedModel, base: EncoderConfig, reps: int = 3) -> dict:
+    """``Encoder(config, loaded=...)`` with ``pst_init="mean"`` (TP's default: the mean input
+    embedding over the whole vocabulary, recomputed at every construction) vs ``"zeros"``, and
+    the one-reduction alternative; with the difference between the two mean vectors."""
+    variants = {
+        "encoder_pst_zeros": lambda: make_encoder(loaded, base, token_prepending=True, pst_init="zeros"),
+        "encoder_pst_mean": lambda: make_encoder(loaded, base, token_prepending=True, pst_init="mean"),
+        "weight_mean_alternative": lambda: _pst_mean_from_weight(loaded),
+    }
+    timing = interleaved(variants, reps, warmup=0)
+    current = make_encoder(loaded, base, token_prepending=True, pst_init="mean")._runner.pst_vector  # noqa: SLF001
+    proposed = _pst_mean_from_weight(loaded)
+    diff = (current.double() - proposed.double()).abs()
+    embed = loaded.decoder.get_input_embeddings()
+    return rounded(
+        {
+            "vocab": int(embed.weight.shape[0]),
+            "hidden": int(embed.weight.shape[1]),
+            "dtype": str(embed.weight.dtype).replace("torch.", ""),
+            "summary": {
+                "wall_s": {k: quantiles(v) for k, v in timing["wall_s"].items()},
+                "cpu_s": {k: quantiles(v) for k, v in timing["cpu_s"].items()},
+            },
+            "alternative_vs_current": {
+                "max_abs_diff": float(diff.max()),
+                "max_abs_value": float(current.double().abs().max()),
+                "cosine": float(torch.nn.functional.cosine_similarity(current.double(), proposed.double(), dim=0)),
+            },
+            "timing_raw": timing,
+        },
+        6,
+    )

@@ -1,0 +1,230 @@
+"""Markdown tables from the result JSON files: ``python -m tp_rag_eval.bench report``.
+
+Ratios are recomputed from the raw per-repetition timings stored in each record (paired
+ratios, their median and a bootstrap 95% interval of that median), so every table line can be
+checked against the JSON next to it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from tp_rag_eval.bench.common import paired_ratios
+
+
+def _load(out_dir: Path, suite: str) -> Optional[dict]:
+    path = out_dir / f"{suite}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _r(x: Optional[float], digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ratio(raw: dict, clock: str, variant: str, baseline: str) -> str:
+    r = paired_ratios(raw[clock], baseline)[variant]
+    lo, hi = r["paired_median_ci95"]
+    return f"{r['paired_median']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _header(rec: dict) -> list[str]:
+    m = rec["machine"]
+    return [
+        f"Command: `{rec['command']}`  ",
+        f"Run {rec['date_utc']}, {rec['suite_wall_s']} s; {m['cpu_model']} ({m['logical_cpus']} logical CPUs, "
+        f"flags {', '.join(m['cpu_flags'])}), torch {rec['versions']['torch']} with {m['torch_threads']} "
+        f"thread(s); load average (1/5/15 min) before {rec['load_average_before']}, after "
+        f"{rec['load_average_after']}; tp_rag commit {rec['git']['commit'][:10]}"
+        f"{' (tp_rag/ modified in the working tree)' if rec['git'].get('dirty_core') else ''}.",
+        "",
+    ]
+
+
+def _tp(rec: dict) -> list[str]:
+    cfg = rec["settings"]["config"]
+    lines = ["## Token Prepending overhead", *_header(rec),
+             f"Same prompt ({cfg['prompt']}), output layer {cfg['output_layer']}, {cfg['dtype']}, "
+             f"batch {cfg['batch_size']}, max_length {cfg['max_length']}; TP layers "
+             f"{cfg['tp_start']}..{cfg['tp_exit'] - 1}. `tp_rows_no_hooks` = TP's rows (one more "
+             "token, the PST input vector) without the TP hooks.", "",
+             "| texts | reps | tokens/row vanilla -> TP | TP/vanilla wall | TP/vanilla CPU | no-hooks/vanilla CPU | TP/no-hooks CPU (hooks) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, res in rec["results"].items():
+        raw = res["timing_raw"]
+        pad = res["padding"]
+        hooks = "n/a"
+        if "tp_rows_no_hooks" in raw["cpu_s"]:
+            hooks = _ratio(raw, "cpu_s", "tp", "tp_rows_no_hooks")
+        lines.append(
+            f"| {name} ({res['n_texts']}) | {len(raw['wall_s']['vanilla'])} | "
+            f"{pad['vanilla']['mean_row_tokens']:.1f} -> {pad['tp']['mean_row_tokens']:.1f} | "
+            f"{_ratio(raw, 'wall_s', 'tp', 'vanilla')} | {_ratio(raw, 'cpu_s', 'tp', 'vanilla')} | "
+            f"{_ratio(raw, 'cpu_s', 'tp_rows_no_hooks', 'vanilla') if 'tp_rows_no_hooks' in raw['cpu_s'] else 'n/a'} | {hooks} |"
+        )
+    return lines + [""]
+
+
+def _early_exit(rec: dict) -> list[str]:
+    lines = ["## Early exit", *_header(rec),
+             "Time at output layer k over time at full depth L (same texts, TP on as in the preset).", "",
+             "| texts | k/L | expected | wall ratio | CPU ratio | decoder layers run per batch |",
+             "|---|---|---|---|---|---|"]
+    for name, res in rec["results"].items():
+        raw = res["timing_raw"]
+        depth = res["num_layers"]
+        full = f"k={depth}"
+        for p in res["per_k"]:
+            v = f"k={p['k']}"
+            lines.append(
+                f"| {name} ({res['n_texts']}) | {p['k']}/{depth} | {p['expected_ratio_k_over_L']:.3f} | "
+                f"{_ratio(raw, 'wall_s', v, full)} | {_ratio(raw, 'cpu_s', v, full)} | {p['layers_run_per_batch']} |"
+            )
+        fit = res["linear_fit"].get("cpu") if isinstance(res["linear_fit"].get("cpu"), dict) else None
+        if fit:
+            lines.append(f"| {name}: CPU-time fit t(k) = a + b k | | | | a = {fit['intercept_fraction_of_full']:.1%} of t(L) | |")
+    return lines + [""]
+
+
+def _batching(rec: dict) -> list[str]:
+    res = rec["results"]["passages"]
+    raw, pad = res["timing_raw"], res["padding"]
+    cfg = rec["settings"]["config"]
+    vec = res["vectors_sorted_vs_unsorted"]
+    return [
+        "## Length-sorted vs unsorted batching", *_header(rec),
+        f"{res['n_texts']} SciFact passages in corpus order, batch {cfg['batch_size']}, max_length "
+        f"{cfg['max_length']}, output layer {cfg['output_layer']}. Unsorted = the encoder's own "
+        "batching with `iter_batches(..., sort=False)` swapped in (benchmark only).", "",
+        "| | pad fraction | padded tokens | wall ratio vs sorted | CPU ratio vs sorted |",
+        "|---|---|---|---|---|",
+        f"| sorted | {pad['sorted']['pad_fraction']:.3f} | {pad['sorted']['padded_tokens']} | 1 | 1 |",
+        f"| unsorted | {pad['unsorted']['pad_fraction']:.3f} | {pad['unsorted']['padded_tokens']} | "
+        f"{_ratio(raw, 'wall_s', 'unsorted', 'sorted')} | {_ratio(raw, 'cpu_s', 'unsorted', 'sorted')} |",
+        "",
+        f"Executed FLOPs unsorted/sorted: {res['executed_flops_ratio_unsorted_over_sorted']:.3f}. "
+        f"Vectors sorted vs unsorted: max |diff| {vec['max_abs_diff']:.2e}, min cosine {vec['cosine_min']:.6f}.",
+        "",
+    ]
+
+
+def _dtype(rec: dict) -> list[str]:
+    lines = ["## float32 vs bfloat16", *_header(rec),
+             "| texts | reps | bf16/fp32 wall | bf16/fp32 CPU | max abs diff (normalised vectors) | min cosine fp32 vs bf16 |",
+             "|---|---|---|---|---|---|"]
+    for name, res in rec["results"].items():
+        raw = res["timing_raw"]
+        d = res["vectors_vs_float32"]["bfloat16"]
+        lines.append(
+            f"| {name} ({res['n_texts']}) | {len(raw['wall_s']['float32'])} | {_ratio(raw, 'wall_s', 'bfloat16', 'float32')} | "
+            f"{_ratio(raw, 'cpu_s', 'bfloat16', 'float32')} | {d['max_abs_diff']:.4f} | {d['cosine_min']:.5f} |"
+        )
+    return lines + [""]
+
+
+def _flops(rec: dict) -> list[str]:
+    res = rec["results"]["passages"]
+    fm = res["flop_model"]
+    mm = res["matmul_flop_per_s"]
+    frac = res["executed_fraction_of_matmul_same_dtype"]
+    return [
+        "## Achieved FLOP/s vs dense matmul", *_header(rec),
+        f"{res['n_texts']} passages ({res['padding']['real_tokens']} real / {res['padding']['padded_tokens']} padded tokens), "
+        f"output layer {res['output_layer']}, {res['model_dtype']}; encode interleaved with {res['matmul_n']}^2 matmuls. "
+        f"Formula: per layer run, 2 x {fm['linear_params_per_layer']:,} linear weights x tokens + 4 x {fm['attn_dim']} x "
+        "attended pairs (executed: padded square; useful: real tokens, causal).", "",
+        "| | GFLOP/s (median) |", "|---|---|",
+        f"| encode, executed FLOPs ({res['flops']['executed'] / 1e9:.1f} GFLOP) | {res['encode_executed_flop_per_s'] / 1e9:.1f} |",
+        f"| encode, useful FLOPs ({res['flops']['useful'] / 1e9:.1f} GFLOP) | {res['encode_useful_flop_per_s'] / 1e9:.1f} |",
+        f"| torch.matmul float32 | {mm['matmul_float32'] / 1e9:.1f} |",
+        f"| torch.matmul bfloat16 | {mm['matmul_bfloat16'] / 1e9:.1f} |",
+        "",
+        f"Encode executed FLOP/s as a fraction of matmul in the model's dtype, paired per repetition: "
+        f"median {_r(frac['median'])} (IQR {_r(frac['q1'])}-{_r(frac['q3'])}, n={frac['n']}); of float32 matmul: "
+        f"{res['executed_fraction_of_matmul_float32']:.3f}.",
+        "",
+    ]
+
+
+def _threads(rec: dict) -> list[str]:
+    res = rec["results"]["sentences"]
+    raw = res["timing_raw"]
+    base = f"threads={res['thread_counts'][0]}"
+    lines = ["## torch threads on this shared machine", *_header(rec),
+             "| threads | median wall s | median CPU s | wall ratio vs 1 thread | CPU ratio vs 1 thread |", "|---|---|---|---|---|"]
+    for n in res["thread_counts"]:
+        v = f"threads={n}"
+        lines.append(
+            f"| {n} | {res['summary']['wall_s'][v]['median']:.3f} | {res['summary']['cpu_s'][v]['median']:.3f} | "
+            f"{_ratio(raw, 'wall_s', v, base)} | {_ratio(raw, 'cpu_s', v, base)} |"
+        )
+    return lines + [""]
+
+
+def _load_suite(rec: dict) -> list[str]:
+    res = rec["results"]
+    lines = ["## Model load and peak memory", *_header(rec),
+             "Each row is a fresh subprocess (`python -m tp_rag_eval.bench.child`).", "",
+             "| run | dtype | import | assemble GGUF | convert | tokenizer | model | load_model | Encoder() | ready (from interpreter start) | RSS after load MB | peak RSS load MB | peak RSS encode MB (+ over before) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = ([res["first_load"]] if "first_load" in res else []) + res["runs"]
+    for run in runs:
+        ph = run["phases_s"]
+        enc = run.get("peak_rss_encode_mb")
+        enc_cell = "n/a" if enc is None else f"{enc:.0f} (+{run['peak_rss_encode_increase_mb']:.0f})"
+        lines.append(
+            f"| {run['kind']} | {run['dtype']} | {_r(ph.get('import'), 1)} | {_r(ph.get('assemble_gguf'), 1)} | "
+            f"{_r(ph.get('convert'), 1)} | {_r(ph.get('tokenizer'), 1)} | {_r(ph.get('model'), 1)} | "
+            f"{_r(ph.get('load_model'), 1)} | {_r(ph.get('encoder_init'), 2)} | {_r(run['total_to_ready_s'], 1)} | "
+            f"{run['rss_after_load_mb']:.0f} | {run['peak_rss_load_mb']:.0f} | "
+            f"{enc_cell} |"
+        )
+    if "first_over_cached_total_to_ready" in res:
+        lines += ["", f"First load / cached load (time to a ready Encoder, same dtype): {res['first_over_cached_total_to_ready']:.1f}x."]
+    return lines + [""]
+
+
+def _construct(rec: dict) -> list[str]:
+    res = rec["results"]["bundled"]
+    w, c = res["summary"]["wall_s"], res["summary"]["cpu_s"]
+    alt = res["alternative_vs_current"]
+    lines = ["## Encoder construction (PST mean vector)", *_header(rec),
+             f"`Encoder(config, loaded=...)` on an already loaded model (vocab {res['vocab']:,} x {res['hidden']}, {res['dtype']}).", "",
+             "| variant | median wall s | median CPU s |", "|---|---|---|"]
+    for k in w:
+        lines.append(f"| {k} | {w[k]['median']:.3f} | {c[k]['median']:.3f} |")
+    lines += ["", f"Alternative vs current PST vector: max |diff| {alt['max_abs_diff']:.2e} (values up to "
+              f"{alt['max_abs_value']:.3g}), cosine {alt['cosine']:.6f}.", ""]
+    return lines
+
+
+SECTIONS = {
+    "tp": _tp,
+    "early-exit": _early_exit,
+    "batching": _batching,
+    "dtype": _dtype,
+    "flops": _flops,
+    "threads": _threads,
+    "construct": _construct,
+    "load": _load_suite,
+}
+
+
+def render(out_dir: Path | str) -> str:
+    out_dir = Path(out_dir)
+    parts = ["# Benchmark results (generated by `python -m tp_rag_eval.bench report`)", "",
+             "Ratios: median over repetitions of the paired ratio (variants run back to back, "
+             "order alternated), [bootstrap 95% interval of that median]. CPU = process CPU time "
+             "(one torch thread: the work done, not the time spent waiting for a core).", ""]
+    for suite, fn in SECTIONS.items():
+        rec = _load(out_dir, suite)
+        if rec is not None:
+            parts += fn(rec)
+    return "\n".join(parts)
+
+
+def write_summary(out_dir: Path | str) -> Path:
+    path = Path(out_dir) / "summary.md"
+    path.write_text(render(out_dir))
+    return path
