@@ -18,6 +18,16 @@ from tp_rag.distributed.shards import (
 )
 
 
+from tp_rag.distributed.sources import corpus_paths, iter_documents
+
+
+def embed_corpus_local(*args, **kwargs):
+    """See :func:`tp_rag.distributed.local.embed_corpus_local` (one process, no Ray)."""
+    from tp_rag.distributed.local import embed_corpus_local as run
+
+    return run(*args, **kwargs)
+
+
 def embed_corpus(*args, **kwargs):
     """See :func:`tp_rag.distributed.ray_embed.embed_corpus` (imported on use: Ray is optional)."""
     from tp_rag.distributed.ray_embed import embed_corpus as run
@@ -25,5 +35,6 @@ def embed_corpus(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["ShardFolderError", "build_index", "embed_corpus", "list_shards", "load_embeddings",
+__all__ = ["ShardFolderError", "build_index", "corpus_paths", "embed_corpus", "embed_corpus_local",
+           "iter_documents", "list_shards", "load_embeddings",
            "read_shards", "row_to_document", "shard_manifest", "written_ids"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from tp_rag.config import EncoderConfig
 from tp_rag.corpus import join_title
+from tp_rag.distributed.sources import corpus_paths, is_parquet
 from tp_rag.distributed.shards import (
     ShardWriter,
     next_run,
@@ -37,7 +38,6 @@ from tp_rag.distributed.shards import (
 
 PathLike = Union[str, Path]
 Kind = Literal["text", "query", "document"]
-_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass
@@ -90,7 +90,7 @@ def embed_corpus(
     import ray
     import ray.data
 
-    paths = _corpus_paths(corpus)
+    paths = corpus_paths(corpus)
     output_dir = Path(output_dir)
     manifest = prepare_folder(output_dir, {
         "format": 1, "encoder": config.model_dump(mode="json"), "dim": None, "kind": kind,
@@ -148,37 +148,13 @@ def embed_corpus(
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def _corpus_paths(corpus) -> list[Path]:
-    items = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
-    paths: list[Path] = []
-    for item in items:
-        item = Path(item)
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*")
-                           if p.is_file() and p.suffix.lower() in (*_JSON_SUFFIXES, ".parquet"))
-            if not found:
-                raise ValueError(f"{item} holds no .jsonl or .parquet files")
-            paths.extend(found)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
-    kinds = {p.suffix.lower() == ".parquet" for p in paths}
-    if len(kinds) > 1:
-        raise ValueError("mix of JSONL and Parquet files; embed them in separate runs")
-    for p in paths:
-        if p.suffix.lower() not in (*_JSON_SUFFIXES, ".parquet"):
-            raise ValueError(f"{p}: expected a .jsonl or .parquet file")
-    return [p.resolve() for p in paths]
-
-
 def _read(paths: list[Path], fields: dict):
     import ray.data
 
     strs = [str(p) for p in paths]
     # Reading and parsing are light next to the model: they hold no CPU slot, so a pool of
     # actors that takes every CPU cannot starve them.
-    if paths[0].suffix.lower() == ".parquet":
+    if is_parquet(paths):
         ds = ray.data.read_parquet(strs, num_cpus=0)
         return ds.map_batches(_parse_records, fn_kwargs=fields, batch_format="pyarrow", num_cpus=0)
     ds = ray.data.read_text(strs, num_cpus=0)

@@ -1,0 +1,68 @@
+"""Where corpus records come from: JSONL or Parquet files (or folders of them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+from tp_rag.corpus import Document
+from tp_rag.distributed.shards import row_to_document
+
+PathLike = Union[str, Path]
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def corpus_paths(corpus: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
+    """Files of a corpus: the given files, and the .jsonl/.parquet files below given folders
+    (sorted). All JSONL or all Parquet."""
+    items = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
+    if not items:
+        raise ValueError("no corpus files given")
+    paths: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*")
+                           if p.is_file() and p.suffix.lower() in (*JSON_SUFFIXES, ".parquet"))
+            if not found:
+                raise ValueError(f"{item} holds no .jsonl or .parquet files")
+            paths.extend(found)
+        elif item.is_file():
+            if item.suffix.lower() not in (*JSON_SUFFIXES, ".parquet"):
+                raise ValueError(f"{item}: expected a .jsonl or .parquet file")
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+    if len({p.suffix.lower() == ".parquet" for p in paths}) > 1:
+        raise ValueError("a mix of JSONL and Parquet files; embed them in separate runs")
+    return [p.resolve() for p in paths]
+
+
+def is_parquet(paths: Sequence[Path]) -> bool:
+    return bool(paths) and paths[0].suffix.lower() == ".parquet"
+
+
+def iter_documents(paths: Sequence[Path], *, text_field: str = "text", id_field: Optional[str] = None,
+                   title_field: Optional[str] = "title") -> Iterator[Document]:
+    """The documents of ``paths`` in order, streamed (the single-process path)."""
+    fields = dict(text_field=text_field, id_field=id_field, title_field=title_field)
+    for path in paths:
+        if is_parquet([path]):
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    yield row_to_document(row, **fields)
+            continue
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{number}: expected a JSON object")
+                yield row_to_document(row, **fields)
