@@ -1,0 +1,60 @@
+"""The layer-grid job and its report, end to end on real data with a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tp_rag.testing import save_tiny_model
+from tp_rag_eval import grid, grid_report
+from tp_rag_eval.common import default_data_root
+
+DATA = default_data_root()
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    if not (DATA / "beir" / "scifact").is_dir() or not (DATA / "senteval").is_dir():
+        pytest.skip(f"evaluation data not found at {DATA} (set TP_RAG_DATA)")
+    root = tmp_path_factory.mktemp("grid")
+    model = save_tiny_model(root / "tiny", arch="llama")
+    out = root / "out"
+    grid.main(["--data", str(DATA), "--out", str(out), "--model", str(model), "--device", "cpu",
+               "--max-docs", "60", "--max-queries", "8", "--sts-limit", "30", "--tp-exits", "2", "3",
+               "--prompts", "prompteol", "passage_eol", "--sts-prompts", "prompteol", "--max-length", "96"])
+    return out
+
+
+def test_grid_scores_every_layer_and_selects_on_train(grid_run):
+    cells = json.loads((grid_run / "grid.json").read_text())["results"]
+    assert len(cells) == 2 * 3  # two prompts x (vanilla, tp 1..2, tp 1..3)
+    for cell in cells:
+        assert len(cell["scifact_ndcg10"]["train"]) == len(cell["scifact_ndcg10"]["test"]) == 4
+    assert "sts_spearman" in cells[0] and "sts_spearman" not in cells[3]
+    runs = json.loads((grid_run / "runs.json").read_text())["results"]
+    assert set(runs) == {"prompteol/vanilla", "prompteol/tp", "passage_eol/vanilla", "passage_eol/tp"}
+    tp_cells = [c for c in cells[:3] if c["settings"]["token_prepending"]]
+    best = max(max(c["scifact_ndcg10"]["train"]) for c in tp_cells)
+    assert runs["prompteol/tp"]["train_ndcg10"] == best
+    chosen = runs["prompteol/tp"]["settings"]
+    cell = next(c for c in tp_cells if c["settings"]["tp_exit"] == chosen["tp_exit"])
+    assert cell["scifact_ndcg10"]["train"][chosen["output_layer"] - 1] == best
+    for entry in runs.values():
+        assert len(entry["run"]) == 8 and all(len(hits) <= 100 for hits in entry["run"].values())
+
+
+def test_report_scores_runs_with_beir(grid_run, tmp_path):
+    grid_report.main(["--grid", str(grid_run), "--data", str(DATA), "--out", str(tmp_path / "t.md")])
+    scores = json.loads((grid_run / "scores.json").read_text())
+    rows = {r["system"]: r for r in scores["retrieval"]}
+    assert set(rows) == {"prompteol/vanilla", "prompteol/tp", "passage_eol/vanilla", "passage_eol/tp"}
+    for row in rows.values():
+        assert 0 <= row["NDCG@10"] <= 100 and 0 <= row["Recall@100"] <= 100
+    # The harness's NDCG@10 on the chosen layer equals the grid's own test score of that cell.
+    cells = json.loads((grid_run / "grid.json").read_text())["results"]
+    chosen = rows["prompteol/vanilla"]["settings"]
+    own = cells[0]["scifact_ndcg10"]["test"][chosen["output_layer"] - 1]
+    assert rows["prompteol/vanilla"]["NDCG@10"] == pytest.approx(own, abs=0.01)
+    assert [r["system"] for r in scores["sts"]] == ["prompteol/vanilla", "prompteol/tp"]
+    assert "| prompteol/tp |" in (tmp_path / "t.md").read_text()
