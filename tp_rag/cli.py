@@ -472,6 +472,95 @@ def format_table(query: str, hits, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+# -- tune -----------------------------------------------------------------------------------------
+def _parse_exits(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.replace(" ", "").split(",") if v})
+    except ValueError:
+        raise fail(f"--tp-exits must be comma-separated integers, got {text!r}", 2) from None
+    return values
+
+
+@app.command()
+@reports_errors
+def tune(
+    pairs: Annotated[Optional[Path], typer.Option(
+        "--pairs", help="STS-style dev set: JSONL (sentence1, sentence2, score), a 3-column TSV, "
+        "or an STS Benchmark CSV.")] = None,
+    beir: Annotated[Optional[Path], typer.Option(
+        "--beir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")] = None,
+    split: Annotated[str, typer.Option(
+        "--split", help="qrels split of the BEIR folder to tune on (never the test split you "
+        "report).")] = "dev",
+    max_docs: Annotated[Optional[int], typer.Option(
+        "--max-docs", min=1, help="BEIR: keep the judged documents plus random others up to "
+        "this many (seeded), to bound the cost.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=3, help="Pairs: use only the first N pairs.")] = None,
+    tp_exits: Annotated[str, typer.Option(
+        "--tp-exits", help="Comma-separated tp_exit values to try (each costs one pass; values "
+        "beyond the model's depth are dropped).")] = "2,3,4,5,6,7,8,10,12",
+    vanilla: Annotated[bool, typer.Option(
+        "--vanilla/--no-vanilla", help="Also score the prompt without TP.")] = True,
+    save_preset: Annotated[Optional[str], typer.Option(
+        "--save-preset", help="Save the best settings under this preset name (user presets "
+        "file: $TP_RAG_PRESETS or ~/.config/tp-rag/presets.json).")] = None,
+    heatmap: Annotated[Path, typer.Option(
+        "--heatmap", help="Where to write the heat-map PNG.")] = Path("tp-rag-tune.png"),
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the whole grid as JSON here.")] = None,
+    progress: ProgressOpt = None,
+    preset: PresetOpt = None, model: ModelOpt = None, tp_start: TpStartOpt = None,
+    prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
+    document_prompt: DocumentPromptOpt = None, max_length: MaxLengthOpt = None,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Choose the TP range and output layer for a model on your dev set.
+
+    One pass per tp_exit value (plus one without TP) scores every output layer at once.
+    Example: tp-rag tune --model Qwen/Qwen2.5-0.5B --pairs dev.tsv --save-preset qwen-small
+    """
+    from tp_rag.presets import save_preset as save
+    from tp_rag.tuning import PairsDevSet, read_beir, read_pairs, sweep
+
+    if (pairs is None) == (beir is None):
+        raise fail("give one dev set: --pairs FILE or --beir FOLDER", 2)
+    if pairs is not None:
+        devset = read_pairs(pairs)
+        if limit:
+            devset = PairsDevSet(devset.sent1[:limit], devset.sent2[:limit], devset.gold[:limit])
+    else:
+        devset = read_beir(beir, split, max_docs=max_docs)
+    # The sweep sets TP per row; the base encoder runs without it, so any depth is fine.
+    config = encoder_config(preset, model, False, tp_start, None, None, prompt, query_prompt,
+                            document_prompt, max_length, device, dtype, batch_size)
+    encoder = make_encoder(config)
+    start = config.tp_start
+    exits = [e for e in _parse_exits(tp_exits) if start < e <= encoder.num_layers]
+    show = progress if progress is not None else None
+    result = sweep(encoder, devset, exits, tp_start=start, include_vanilla=vanilla,
+                   show_progress=bool(show))
+    typer.echo(result.markdown())
+    best = result.best()
+    metric = result.metric
+    typer.echo("")
+    if vanilla:
+        base = result.best(token_prepending=False)
+        typer.echo(f"best without TP: output layer {base['output_layer']}, {metric} {base[metric]:.2f}")
+    typer.echo(f"best: {result.label(best)}, output layer {best['output_layer']}, {metric} {best[metric]:.2f}")
+    result.heatmap(heatmap, title=f"{config.model}: {metric} on {pairs or beir}")
+    typer.echo(f"heat-map: {heatmap}", err=True)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"config": config.model_dump(), **result.to_dict()}, indent=2))
+    if save_preset:
+        chosen = {k: v for k, v in best.items() if k != metric}
+        if Path(config.model).expanduser().exists():  # a local model: keep it findable anywhere
+            chosen["model"] = str(Path(config.model).expanduser().resolve())
+        path = save(save_preset, config.model_copy(update=chosen))
+        typer.echo(f"saved preset {save_preset!r} in {path}; use it with --preset {save_preset} "
+                   f"or Encoder.from_preset({save_preset!r})")
+
+
 # -- info -----------------------------------------------------------------------------------------
 @app.command()
 @reports_errors

@@ -226,6 +226,13 @@ class SweepResult:
         ax.set_yticks(range(rows), [self.label(r) for r in self.rows])
         ax.set_xlabel("output layer")
         ax.set_title(title or f"{self.metric} by TP range and output layer")
+        if rows * layers <= 400:  # values in the cells while they stay readable
+            middle = np.nanmean(self.scores)
+            for i in range(rows):
+                for j in range(layers):
+                    value = self.scores[i, j]
+                    ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                            color="black" if value > middle else "white")
         best = self.best()
         r = next(i for i, row in enumerate(self.rows) if all(row[k] == best[k] for k in row))
         ax.scatter([best["output_layer"] - 1], [r], marker="*", s=160, c="red", label="best")
