@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", default="sentences,passages", help="text sets for tp/early-exit/dtype")
     p.add_argument("--layers", help="early-exit output layers, comma separated (default L/6 steps)")
     p.add_argument("--no-decompose", action="store_true", help="tp: skip the no-hooks variant")
-    p.add_argument("--batching-batch-size", type=int, default=8)
+    p.add_argument("--batching-batch-size", type=int, default=4)
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--thread-counts", default="", help="threads suite: counts besides 1 and torch's default")
     p.add_argument("--load-dtypes", default="bfloat16,float32")
@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 # of 4 passages) repeated many times, interleaved: a short repetition is less likely to be hit
 # by a burst of other jobs, and many pairs give a stable median.
 DEFAULTS = {
-    "tp": ((30, 6), 16, 4),
-    "early-exit": ((10, 4), 16, 4),
-    "batching": ((3, 3), 0, 12),
+    "tp": ((30, 16), 16, 4),
+    "early-exit": ((10, 8), 16, 4),
+    "batching": ((3, 3), 0, 24),
     "dtype": ((8, 4), 16, 2),
     "flops": ((6, 6), 0, 4),
     "threads": ((8, 3), 16, 0),
@@ -76,7 +76,7 @@ def run_suite(name: str, args) -> Path:
     from tp_rag_eval.bench import common, suites
     from tp_rag_eval.bench.load import bench_load
 
-    default_threads = torch.get_num_threads()
+    default_threads = args.torch_default_threads  # before any suite changed it
     if args.threads:
         torch.set_num_threads(args.threads)
     reps_d, n_s, n_p = DEFAULTS[name]
@@ -156,6 +156,9 @@ def run_suite(name: str, args) -> Path:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    args.torch_default_threads = torch.get_num_threads()
     if args.suite == "report":
         from tp_rag_eval.bench.report import write_summary
 

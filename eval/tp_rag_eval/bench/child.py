@@ -9,7 +9,7 @@ de-quantised and saved as safetensors), ``tokenizer`` and ``model`` (the two
 ``from_pretrained`` calls inside ``tp_rag.models.load_model``), ``load_model`` (all of it),
 ``encoder_init`` (``Encoder(...)`` on the loaded model: mostly the PST mean vector).
 
-Memory: ``rss_after_load_mb`` (current RSS), ``peak_rss_load_mb`` (ru_maxrss so far),
+Memory: ``rss_after_load_mb`` (current RSS), ``peak_rss_load_mb`` (VmHWM so far),
 ``peak_rss_encode_mb`` (the kernel's VmHWM after it was reset just before encoding, through
 ``/proc/self/clear_refs``; where that is not possible, a 5 ms psutil sampler).
 """
@@ -143,7 +143,9 @@ def main(argv=None) -> dict:
     phases["load_model"] = time.perf_counter() - t
     phases.update(calls)
     out["rss_after_load_mb"] = _rss_mb()
-    out["peak_rss_load_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (ru_maxrss would also count the parent's RSS at fork time,
+    # which Linux carries across exec).
+    out["peak_rss_load_mb"] = _hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     from tp_rag import Encoder
     from tp_rag.config import EncoderConfig
@@ -175,7 +177,8 @@ def main(argv=None) -> dict:
         out["peak_rss_encode_sampled_mb"] = sampler.peak
         out["peak_rss_encode_increase_mb"] = out["peak_rss_encode_mb"] - out["rss_before_encode_mb"]
         out["n_texts"] = len(texts)
-    out["peak_rss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_process_mb"] = max(out["peak_rss_load_mb"], out.get("peak_rss_encode_mb") or 0)
+    out["ru_maxrss_mb_includes_parent_at_fork"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["torch_threads"] = torch.get_num_threads()
     return out
 
