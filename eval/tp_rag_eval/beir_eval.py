@@ -218,6 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--subset", type=int, default=None,
                     help="judged docs of the split + N seeded random others (default: full corpus)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-queries", type=int, default=None,
+                    help="keep the first N queries (sorted ids) of the split and their judgments")
     ap.add_argument("--top-k", type=int, default=100)
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     ap.add_argument("--no-cache", action="store_true")
@@ -228,16 +230,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     folder = resolve_data(args.data, args.dataset, args.download_dir)
     corpus, queries, qrels = load_beir(folder, args.split)
-    full_size = len(corpus)
+    full_size, all_queries = len(corpus), len(queries)
+    if args.max_queries is not None:
+        keep = sorted(queries)[: args.max_queries]
+        queries = {q: queries[q] for q in keep}
+        qrels = {q: qrels[q] for q in keep}
     if args.subset is not None:
         corpus = subset_corpus(corpus, qrels, args.subset, args.seed)
     texts = [doc_text(d) for d in corpus.values()]
     data_info = {"folder": str(folder), "split": args.split, "corpus_docs": len(corpus),
                  "full_corpus_docs": full_size, "queries": len(queries),
+                 "split_queries": all_queries,
                  "judgments": sum(len(v) for v in qrels.values()),
                  "corpus_hash": corpus_hash(texts),
                  "subset": None if args.subset is None else
-                 {"rule": "every doc judged in this split + N random others", "n_random": args.subset,
+                 {"rule": "every doc judged for the kept queries + N random others",
+                  "n_random": args.subset,
                   "seed": args.seed}}
     print(f"[beir] {json.dumps(data_info)}", file=sys.stderr)
     cache = None if args.no_cache else args.cache_dir

@@ -54,7 +54,22 @@ def vector_settings(encoder, kind: str = "text") -> dict[str, Any]:
     }
     if cfg.token_prepending:
         settings.update(tp_start=cfg.tp_start, tp_exit=cfg.tp_exit, pst_init=cfg.pst_init)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is not None:
+        settings["tokenizer_probe"] = tokenizer_fingerprint(tokenizer)
     return settings
+
+
+TOKENIZER_PROBE = 'Token Prepending: "Hello world", microstructural 123 - está tocando violão.'
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of how the tokenizer splits a probe text. The model *name* does not pin the
+    tokenizer: a bundled GGUF converted by another transformers version can tokenize
+    differently (transformers 5.17 turned Gemma 3's into a character-level one), and vectors
+    cached under the same name would then be silently mixed."""
+    ids = tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
 
 
 def settings_key(settings: dict[str, Any]) -> str:

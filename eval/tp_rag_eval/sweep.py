@@ -30,18 +30,30 @@ def row_name(tp_exit: Optional[int], tp_start: int) -> str:
 
 
 def best_of(grid: dict[str, dict]) -> dict:
-    """Best (row, output layer) for TP rows and for vanilla; ties -> the earlier layer."""
+    """Best (row, output layer) for TP rows and for vanilla; ties -> the earlier row/layer.
+
+    A TP row only counts output layers ``> tp_start``: the placeholder is first overwritten
+    before layer ``tp_start``, so hidden states after ``<= tp_start`` layers are vanilla plus an
+    untouched placeholder token, not Token Prepending (identical in every TP row). That
+    "placeholder only" optimum is reported separately as ``placeholder_only``.
+    """
     out = {}
-    for mode in ("tp", "vanilla"):
+    for mode in ("tp", "vanilla", "placeholder_only"):
         best = None
         for row in grid.values():
             if (row["tp_exit"] is None) != (mode == "vanilla"):
                 continue
             values = row["spearman_by_layer"]
-            k = int(np.argmax(values))
-            if best is None or values[k] > best["spearman"]:
-                best = {"spearman": values[k], "output_layer": k + 1,
-                        "tp_start": row["tp_start"], "tp_exit": row["tp_exit"]}
+            if mode == "tp":
+                layers = range(row["tp_start"] + 1, len(values) + 1)
+            elif mode == "placeholder_only":
+                layers = range(1, min(row["tp_start"], len(values)) + 1)
+            else:
+                layers = range(1, len(values) + 1)
+            for k in layers:
+                if best is None or values[k - 1] > best["spearman"]:
+                    best = {"spearman": values[k - 1], "output_layer": k,
+                            "tp_start": row["tp_start"], "tp_exit": row["tp_exit"]}
         if best is not None:
             if mode == "vanilla":
                 best.pop("tp_start"), best.pop("tp_exit")
@@ -60,7 +72,8 @@ def markdown(record: dict) -> str:
         f"Spearman x100 of cosine vs gold on {record['results']['n_pairs']} STS-B dev pairs; "
         f"rows: TP range (tp_start..tp_exit, 0-based decoder layers) or vanilla; columns: "
         f"output_layer (hidden state after k layers; {layers} = last, with the final norm).",
-        f"preprocess={s['preprocess']}, max_length={s['max_length']}, pst_init={s['pst_init']}.",
+        f"preprocess={s.get('preprocess')}, max_length={s.get('max_length')}, "
+        f"pst_init={s.get('pst_init')}.",
         "",
         f"Command: `{record['command']}`  ",
         f"Date: {record['date']}",
@@ -73,9 +86,11 @@ def markdown(record: dict) -> str:
         top = max(vals)
         cells = [f"**{v:.2f}**" if v == top else f"{v:.2f}" for v in vals]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Best (bold = best layer in its row):", ""]
+    lines += ["", "Bold = best layer in its row. Chosen settings (TP rows count only output layers "
+              "> tp_start, where the placeholder overwrite can change the output; at layers "
+              "<= tp_start a TP row is vanilla plus an untouched placeholder token):", ""]
     for mode, b in best.items():
-        extra = f", tp {b['tp_start']}..{b['tp_exit']}" if mode == "tp" else ""
+        extra = f", tp {b['tp_start']}..{b['tp_exit']}" if mode != "vanilla" else ""
         lines.append(f"- {mode}: {b['spearman']:.2f} at output_layer {b['output_layer']}{extra}")
     return "\n".join(lines) + "\n"
 
@@ -103,8 +118,8 @@ def heatmap(record: dict, path: Path) -> None:
                     color="black" if v > lo + 0.6 * (hi - lo) else "white",
                     fontweight="bold" if v == data[i].max() else "normal")
     s = record["settings"]
-    ax.set_title(f"STS-B dev Spearman x100, {s['model']}, {s['prompt']}"
-                 f"{', preprocess' if s['preprocess'] else ''}", fontsize=10)
+    ax.set_title(f"STS-B dev Spearman x100, {s.get('model')}, {s.get('prompt')}"
+                 f"{', preprocess' if s.get('preprocess') else ''}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.025)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -170,7 +185,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--limit", type=int, default=None, help="first N dev pairs (smoke runs)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--rerender", action="store_true",
+                    help="recompute 'best', the table and the heat map from the saved grid only")
     args = ap.parse_args(argv)
+    if args.rerender:
+        path = args.out_dir / f"sweep_stsb_dev_{args.prompt}.json"
+        record = json.loads(path.read_text())
+        record["results"]["best"] = best_of(record["results"]["grid"])
+        record.setdefault("rerendered", []).append(
+            {"date": run_record("x", {}, None)["date"], "command": run_record("x", {}, None)["command"]})
+        write_json(path, record)
+        (args.out_dir / f"sweep_stsb_dev_{args.prompt}.md").write_text(markdown(record))
+        heatmap(record, args.out_dir / f"sweep_stsb_dev_{args.prompt}.png")
+        print(json.dumps(record["results"]["best"], indent=1))
+        return 0
 
     from tp_rag import Encoder
     from tp_rag.models import load_model

@@ -1,0 +1,151 @@
+"""Unit tests of the evaluation harness (no data folder, no real model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tp_rag.testing import tiny_encoder
+from tp_rag_eval.cache import EmbeddingStore, cache_key, cached_encode, corpus_hash
+from tp_rag_eval.sts import score_subsets, spearman
+from tp_rag_eval.sts_data import Pairs, load_sick, load_sts_year, load_stsb
+from tp_rag_eval.sweep import best_of
+
+
+# -- Spearman ---------------------------------------------------------------------------------
+def test_spearman_hand_made():
+    # ranks of x: 1 2 3 4 5; ranks of y: 2 1 4 3 5 -> d^2 = 1+1+1+1+0 = 4; rho = 1 - 6*4/(5*24)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    # ties get average ranks: x ranks 1.5 1.5 3, y ranks 1 2 3 -> Pearson of ranks
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1])
+
+
+def test_spearman_rejects_bad_input():
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError):
+        spearman([1], [1])
+
+
+def _vectors(names_angles: dict[str, float]) -> dict[str, np.ndarray]:
+    return {n: np.array([np.cos(a), np.sin(a)]) for n, a in names_angles.items()}
+
+
+def test_pooled_all_differs_from_subset_mean():
+    # Two subsets, each perfectly ranked internally, but subset B's similarities are all higher
+    # while its gold scores are lower: pooled "all" must see that, a mean of subsets cannot.
+    angles = {"a": 0.0, "a1": 1.2, "a2": 1.0, "a3": 0.8, "b1": 0.3, "b2": 0.2, "b3": 0.1}
+    vec = _vectors(angles)
+    sub_a = Pairs("A", ["a", "a", "a"], ["a1", "a2", "a3"], [3.0, 4.0, 5.0])
+    sub_b = Pairs("B", ["a", "a", "a"], ["b1", "b2", "b3"], [0.0, 1.0, 2.0])
+    res = score_subsets(vec, [sub_a, sub_b])
+    assert res["subsets"] == {"A": pytest.approx(100.0), "B": pytest.approx(100.0)}
+    sims = [np.cos(angles[k]) for k in ("a1", "a2", "a3", "b1", "b2", "b3")]
+    expected = 100 * spearman(sims, [3, 4, 5, 0, 1, 2])
+    assert res["spearman"] == pytest.approx(expected, abs=1e-3)
+    assert res["spearman"] < 0  # pooled: higher similarity goes with lower gold here
+    assert res["n_pairs"] == 6
+
+
+def test_score_subsets_per_layer():
+    vec = {k: np.stack([v, -v]) for k, v in _vectors({"x": 0.0, "p": 0.1, "q": 0.5, "r": 1.0}).items()}
+    res = score_subsets(vec, [Pairs("S", ["x", "x", "x"], ["p", "q", "r"], [3.0, 2.0, 1.0])])
+    assert res["spearman"] == [pytest.approx(100.0), pytest.approx(100.0)]
+
+
+# -- readers ----------------------------------------------------------------------------------
+def test_sts_year_skips_empty_gold(tmp_path):
+    folder = tmp_path / "senteval" / "STS" / "STS13-en-test"
+    folder.mkdir(parents=True)
+    (folder / "STS.input.FNWN.txt").write_text("a b\tc d\ne f\tg h\ni j\tk l\n")
+    (folder / "STS.gs.FNWN.txt").write_text("4.0\n\n1.5\n")
+    for name in ("headlines", "OnWN"):
+        (folder / f"STS.input.{name}.txt").write_text("x\ty\n")
+        (folder / f"STS.gs.{name}.txt").write_text("2\n")
+    subsets = load_sts_year(tmp_path, "STS13")
+    fnwn = subsets[0]
+    assert fnwn.name == "STS13/FNWN"
+    assert fnwn.sent1 == ["a b", "i j"] and fnwn.sent2 == ["c d", "k l"]
+    assert fnwn.gold == [4.0, 1.5]
+    assert sum(len(s) for s in subsets) == 4
+
+
+def test_stsb_and_sick_readers(tmp_path):
+    sts = tmp_path / "STS" / "STSBenchmark"
+    sts.mkdir(parents=True)
+    (sts / "sts-dev.csv").write_text("main-captions\tMSRvid\t2012test\t0001\t5.000\tA man.\tA guy.\n")
+    sick = tmp_path / "SICK"
+    sick.mkdir()
+    (sick / "SICK_test_annotated.txt").write_text(
+        "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+        "1\tA dog runs.\tA dog is running.\t4.5\tENTAILMENT\n")
+    dev = load_stsb(tmp_path, "dev")
+    assert (dev.sent1, dev.sent2, dev.gold) == (["A man."], ["A guy."], [5.0])
+    test = load_sick(tmp_path, "test")
+    assert (test.sent1, test.sent2, test.gold) == (["A dog runs."], ["A dog is running."], [4.5])
+
+
+# -- cache ------------------------------------------------------------------------------------
+def test_cache_key_tracks_vector_settings_only():
+    base = tiny_encoder(tp_exit=3, output_layer=-1, batch_size=8)
+    key = cache_key(base, "document")
+    assert cache_key(tiny_encoder(tp_exit=3, output_layer=-1, batch_size=64), "document") == key
+    assert cache_key(tiny_encoder(tp_exit=3, output_layer=4, batch_size=8), "document") == key  # -1 == 4 of 4
+    for change in (dict(tp_exit=2), dict(output_layer=2), dict(token_prepending=False),
+                   dict(prompt="pretended_cot"), dict(max_length=64), dict(preprocess=True),
+                   dict(pst_init="zeros")):
+        settings = {**dict(tp_exit=3, output_layer=-1, batch_size=8), **change}
+        assert cache_key(tiny_encoder(**settings), "document") != key, change
+    # A different tokenizer (same model name) gets its own store.
+    other = tiny_encoder(tp_exit=3, output_layer=-1, batch_size=8)
+    other.tokenizer = lambda text, add_special_tokens=False: {"input_ids": [ord(c) for c in text]}
+    assert cache_key(other, "document") != key
+    # TP-only settings do not split vanilla stores
+    assert cache_key(tiny_encoder(token_prepending=False, tp_exit=2)) == cache_key(
+        tiny_encoder(token_prepending=False, tp_exit=3))
+
+
+class CountingEncoder:
+    def __init__(self, encoder):
+        self.inner, self.calls = encoder, []
+        self.config, self.output_layer = encoder.config, encoder.output_layer
+        self.tokenizer = encoder.tokenizer
+
+    def encode(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return self.inner.encode(texts, **kwargs)
+
+
+def test_cached_encode_reuses_and_resumes(tmp_path):
+    enc = CountingEncoder(tiny_encoder())
+    texts = ["alpha beta", "gamma", "delta epsilon", "alpha beta"]
+    first = cached_encode(enc, texts, "document", tmp_path, show_progress=False)
+    assert first.shape == (4, enc.inner.dim)
+    assert sorted(sum(enc.calls, [])) == ["alpha beta", "delta epsilon", "gamma"]  # once each
+    np.testing.assert_allclose(first, enc.inner.encode(texts, kind="document"), atol=1e-6)
+    enc.calls.clear()
+    again = cached_encode(enc, ["gamma", "zeta", "alpha beta"], "document", tmp_path,
+                          show_progress=False)
+    assert enc.calls == [["zeta"]]  # only the new text is embedded
+    np.testing.assert_allclose(again[0], first[1])
+    store = EmbeddingStore(tmp_path, cache_key(enc.inner, "document"))
+    assert len(store) == 4
+    meta = json.loads((tmp_path / f"{store.key}.json").read_text())
+    assert meta["settings"]["max_length"] == enc.config.max_length and meta["texts"] == 4
+    assert corpus_hash(["a", "b"]) == corpus_hash(["b", "a", "a"]) != corpus_hash(["a"])
+
+
+# -- sweep choice -----------------------------------------------------------------------------
+def test_best_of_ignores_layers_tp_cannot_reach():
+    grid = {
+        "vanilla": {"tp_start": None, "tp_exit": None, "spearman_by_layer": [20.0, 21.0, 19.0]},
+        "tp 1..2": {"tp_start": 1, "tp_exit": 2, "spearman_by_layer": [30.0, 22.0, 25.0]},
+        "tp 1..3": {"tp_start": 1, "tp_exit": 3, "spearman_by_layer": [30.0, 22.0, 24.0]},
+    }
+    best = best_of(grid)
+    assert best["vanilla"] == {"spearman": 21.0, "output_layer": 2}
+    assert best["tp"] == {"spearman": 25.0, "output_layer": 3, "tp_start": 1, "tp_exit": 2}
+    assert best["placeholder_only"]["output_layer"] == 1
