@@ -252,3 +252,28 @@ def test_record_and_data_loaders(tmp_path):
     assert rec["machine"]["torch_threads"] >= 1
     path = common.write_record(rec, tmp_path)
     assert json.loads(path.read_text())["suite"] == "unit"
+
+
+def test_cli_suites_and_report_on_a_tiny_model_folder(tmp_path):
+    from tp_rag.testing import save_tiny_model
+
+    from tp_rag_eval.bench.__main__ import main
+
+    folder = save_tiny_model(tmp_path / "tiny", num_layers=6)
+    sts = tmp_path / "sts.csv"
+    sts.write_text("".join(f"g\tf\ty\t{i}\t1.0\t{a}\t{b}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:]))))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(PASSAGES)))
+    out = tmp_path / "results"
+    common_args = ["--model", str(folder), "--output-layer", "4", "--sentences", str(sts), "--corpus", str(corpus),
+                   "--out", str(out), "--reps", "1", "--n-sentences", "4", "--n-passages", "4", "--layers", "2,4",
+                   "--matmul-n", "64", "--max-length", "64", "--batching-batch-size", "2"]
+    for suite in ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct"):
+        assert main([suite, *common_args]) == 0
+        rec = json.loads((out / f"{suite}.json").read_text())
+        assert rec["command"] and rec["settings"]["config"]["model"] == str(folder)
+    assert main(["report", "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    for title in ("Token Prepending overhead", "Early exit", "Length-sorted", "float32 vs bfloat16",
+                  "Achieved FLOP/s", "torch threads", "Encoder construction"):
+        assert title in summary

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES, help="STS-B style tsv")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="BEIR corpus.jsonl")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--name", help="result file name without .json (default: the suite's name)")
     p.add_argument("--reps", type=int, help="repetitions per variant (default: per suite)")
     p.add_argument("--n-sentences", type=int, help="short texts (default: per suite)")
     p.add_argument("--n-passages", type=int, help="passages (default: per suite)")
@@ -149,7 +150,7 @@ def run_suite(name: str, args) -> Path:
             threads=args.threads,
         )
     record = rec.finish(results)
-    path = common.write_record(record, args.out, name)
+    path = common.write_record(record, args.out, args.name if args.suite != "all" and args.name else name)
     print(f"wrote {path} ({record['suite_wall_s']} s)", file=sys.stderr)
     return path
 

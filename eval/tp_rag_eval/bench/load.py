@@ -92,6 +92,8 @@ def bench_load(
         phases = sorted({k for r in runs if r["dtype"] == dtype for k in r["phases_s"]})
         cached[dtype] = {
             "phases_s_median": {k: med(dtype, k, "phases_s") for k in phases},
+            "phases_cpu_s_median": {k: med(dtype, k, "phases_cpu_s") for k in phases},
+            "total_to_ready_cpu_s_median": med(dtype, "total_to_ready_cpu_s"),
             "total_to_ready_s_median": med(dtype, "total_to_ready_s"),
             "subprocess_wall_s_median": med(dtype, "subprocess_wall_s"),
             "rss_after_load_mb_median": med(dtype, "rss_after_load_mb"),
@@ -105,4 +107,6 @@ def bench_load(
         same = cached[dtypes[0]]
         out["first_load"] = first
         out["first_over_cached_total_to_ready"] = first["total_to_ready_s"] / same["total_to_ready_s_median"]
+        if first.get("total_to_ready_cpu_s") and same.get("total_to_ready_cpu_s_median"):
+            out["first_over_cached_total_to_ready_cpu"] = first["total_to_ready_cpu_s"] / same["total_to_ready_cpu_s_median"]
     return rounded(out, 4)

@@ -128,17 +128,25 @@ def _flops(rec: dict) -> list[str]:
     fm = res["flop_model"]
     mm = res["matmul_flop_per_s"]
     frac = res["executed_fraction_of_matmul_same_dtype"]
+    wall, cpu = res["summary"]["wall_s"], res["summary"]["cpu_s"]
+    # Per CPU-second (one thread: per second of one core actually given to this process)
+    enc_cpu = res["flops"]["executed"] / cpu["encode"]["median"]
+    mm_cpu = {k: mm[k] * wall[k]["median"] / cpu[k]["median"] for k in mm}
+    same = "matmul_" + res["model_dtype"]
     return [
         "## Achieved FLOP/s vs dense matmul", *_header(rec),
         f"{res['n_texts']} passages ({res['padding']['real_tokens']} real / {res['padding']['padded_tokens']} padded tokens), "
         f"output layer {res['output_layer']}, {res['model_dtype']}; encode interleaved with {res['matmul_n']}^2 matmuls. "
         f"Formula: per layer run, 2 x {fm['linear_params_per_layer']:,} linear weights x tokens + 4 x {fm['attn_dim']} x "
         "attended pairs (executed: padded square; useful: real tokens, causal).", "",
-        "| | GFLOP/s (median) |", "|---|---|",
-        f"| encode, executed FLOPs ({res['flops']['executed'] / 1e9:.1f} GFLOP) | {res['encode_executed_flop_per_s'] / 1e9:.1f} |",
-        f"| encode, useful FLOPs ({res['flops']['useful'] / 1e9:.1f} GFLOP) | {res['encode_useful_flop_per_s'] / 1e9:.1f} |",
-        f"| torch.matmul float32 | {mm['matmul_float32'] / 1e9:.1f} |",
-        f"| torch.matmul bfloat16 | {mm['matmul_bfloat16'] / 1e9:.1f} |",
+        "| | GFLOP per wall second (median) | GFLOP per CPU second (median) |", "|---|---|---|",
+        f"| encode, executed FLOPs ({res['flops']['executed'] / 1e9:.1f} GFLOP) | {res['encode_executed_flop_per_s'] / 1e9:.1f} | {enc_cpu / 1e9:.1f} |",
+        f"| encode, useful FLOPs ({res['flops']['useful'] / 1e9:.1f} GFLOP) | {res['encode_useful_flop_per_s'] / 1e9:.1f} | {res['flops']['useful'] / cpu['encode']['median'] / 1e9:.1f} |",
+        f"| torch.matmul float32 | {mm['matmul_float32'] / 1e9:.1f} | {mm_cpu['matmul_float32'] / 1e9:.1f} |",
+        f"| torch.matmul bfloat16 | {mm['matmul_bfloat16'] / 1e9:.1f} | {mm_cpu['matmul_bfloat16'] / 1e9:.1f} |",
+        "",
+        f"Per CPU second, encode reaches {enc_cpu / mm_cpu.get(same, float('nan')):.2f} of the {res['model_dtype']} matmul rate "
+        f"(executed FLOPs; {res['flops']['useful'] / cpu['encode']['median'] / mm_cpu.get(same, float('nan')):.2f} counting useful FLOPs only).",
         "",
         f"Encode executed FLOP/s as a fraction of matmul in the model's dtype, paired per repetition: "
         f"median {_r(frac['median'])} (IQR {_r(frac['q1'])}-{_r(frac['q3'])}, n={frac['n']}); of float32 matmul: "
@@ -166,22 +174,34 @@ def _load_suite(rec: dict) -> list[str]:
     res = rec["results"]
     lines = ["## Model load and peak memory", *_header(rec),
              "Each row is a fresh subprocess (`python -m tp_rag_eval.bench.child`).", "",
+             "Seconds per phase, wall (and process CPU where recorded).", "",
              "| run | dtype | import | assemble GGUF | convert | tokenizer | model | load_model | Encoder() | ready (from interpreter start) | RSS after load MB | peak RSS load MB | peak RSS encode MB (+ over before) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     runs = ([res["first_load"]] if "first_load" in res else []) + res["runs"]
     for run in runs:
         ph = run["phases_s"]
+        cp = run.get("phases_cpu_s", {})
+
+        def cell(key, digits=1):
+            wall = _r(ph.get(key), digits)
+            return wall if key not in cp else f"{wall} ({_r(cp[key], digits)})"
+
+        ready = _r(run["total_to_ready_s"], 1)
+        if "total_to_ready_cpu_s" in run:
+            ready += f" ({_r(run['total_to_ready_cpu_s'], 1)})"
         enc = run.get("peak_rss_encode_mb")
         enc_cell = "n/a" if enc is None else f"{enc:.0f} (+{run['peak_rss_encode_increase_mb']:.0f})"
         lines.append(
-            f"| {run['kind']} | {run['dtype']} | {_r(ph.get('import'), 1)} | {_r(ph.get('assemble_gguf'), 1)} | "
-            f"{_r(ph.get('convert'), 1)} | {_r(ph.get('tokenizer'), 1)} | {_r(ph.get('model'), 1)} | "
-            f"{_r(ph.get('load_model'), 1)} | {_r(ph.get('encoder_init'), 2)} | {_r(run['total_to_ready_s'], 1)} | "
+            f"| {run['kind']} | {run['dtype']} | {cell('import')} | {cell('assemble_gguf')} | "
+            f"{cell('convert')} | {cell('tokenizer')} | {cell('model')} | "
+            f"{cell('load_model')} | {cell('encoder_init', 2)} | "
+            f"{ready} | "
             f"{run['rss_after_load_mb']:.0f} | {run['peak_rss_load_mb']:.0f} | "
             f"{enc_cell} |"
         )
     if "first_over_cached_total_to_ready" in res:
-        lines += ["", f"First load / cached load (time to a ready Encoder, same dtype): {res['first_over_cached_total_to_ready']:.1f}x."]
+        lines += ["", f"First load / cached load (time to a ready Encoder, same dtype): {res['first_over_cached_total_to_ready']:.1f}x wall"
+                  + (f", {res['first_over_cached_total_to_ready_cpu']:.1f}x CPU." if "first_over_cached_total_to_ready_cpu" in res else ".")]
     return lines + [""]
 
 
@@ -217,10 +237,18 @@ def render(out_dir: Path | str) -> str:
              "Ratios: median over repetitions of the paired ratio (variants run back to back, "
              "order alternated), [bootstrap 95% interval of that median]. CPU = process CPU time "
              "(one torch thread: the work done, not the time spent waiting for a core).", ""]
-    for suite, fn in SECTIONS.items():
-        rec = _load(out_dir, suite)
-        if rec is not None:
-            parts += fn(rec)
+    records = []
+    for path in sorted(out_dir.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("suite") in SECTIONS:
+            records.append((list(SECTIONS).index(rec["suite"]), path.name, rec))
+    for _, name, rec in sorted(records, key=lambda x: (x[0], x[1])):
+        section = SECTIONS[rec["suite"]](rec)
+        section[0] += f" (`results/{name}`)"
+        parts += section
     return "\n".join(parts)
 
 
