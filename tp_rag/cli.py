@@ -401,6 +401,17 @@ def index_delete(
 
 
 # -- search ---------------------------------------------------------------------------------------
+class SearchMode(str, enum.Enum):
+    dense = "dense"
+    bm25 = "bm25"
+    hybrid = "hybrid"
+
+
+class Fusion(str, enum.Enum):
+    rrf = "rrf"
+    weighted = "weighted"
+
+
 @app.command()
 @reports_errors
 def search(
@@ -418,11 +429,30 @@ def search(
         "--ef-search", min=1, help="HNSW search breadth (HNSW indexes only).")] = None,
     width: Annotated[Optional[int], typer.Option(
         "--width", min=40, help="Table width (default: the terminal's).")] = None,
+    mode: Annotated[SearchMode, typer.Option(
+        "--mode", help="dense: embeddings only; bm25: keywords only (no model is loaded; "
+        "documents sharing no word with the query are left out); hybrid: both, fused.",
+        case_sensitive=False)] = SearchMode.dense,
+    fusion: Annotated[Fusion, typer.Option(
+        "--fusion", help="How --mode hybrid combines the two lists: rrf (reciprocal rank "
+        "fusion, sum of 1/(rrf-k + rank)) or weighted (alpha * dense + (1 - alpha) * bm25 "
+        "after min-max normalising each list).", case_sensitive=False)] = Fusion.rrf,
+    alpha: Annotated[float, typer.Option(
+        "--alpha", min=0.0, max=1.0, help="Weight of the dense side in --fusion weighted "
+        "(1: dense only, 0: BM25 only).")] = 0.5,
+    rrf_k: Annotated[int, typer.Option(
+        "--rrf-k", min=1, help="The constant k of reciprocal rank fusion.")] = 60,
+    candidates: Annotated[Optional[int], typer.Option(
+        "--candidates", min=1, help="Candidates each side contributes to a hybrid search "
+        "(default: max(top-k, 100)).")] = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
 ):
     """Search an index folder; the encoder is rebuilt from the index's manifest.
 
-    Example: tp-rag search my-index "highest mountain in the world" -k 3
+    Example: tp-rag search my-index "highest mountain in the world" -k 3 --mode hybrid
+
+    With --json, each hit's "score" is the fused score in hybrid mode, and "scores" holds the
+    dense and BM25 ranks and scores it came from.
     """
     from tp_rag.index import FaissIndex
 
@@ -440,25 +470,47 @@ def search(
                             dtype=dtype.value if dtype else None)
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    results = index.search_batch(items, k=top_k)
+    results = index.search_batch(items, k=top_k, mode=mode.value, fusion=fusion.value,
+                                 alpha=alpha, rrf_k=rrf_k, candidates=candidates)
+    settings = _search_settings(mode.value, fusion.value, alpha, rrf_k)
     if as_json:
         for query, hits in zip(items, results):
-            typer.echo(json.dumps({"query": query, "results": [h.to_dict() for h in hits]},
-                                  ensure_ascii=False))
+            typer.echo(json.dumps({"query": query, **settings,
+                                   "results": [h.to_dict() for h in hits]}, ensure_ascii=False))
         return
     total = width or shutil.get_terminal_size((100, 24)).columns
+    label = ", ".join(f"{k} {v}" for k, v in settings.items())
+    precision = 4 if settings.get("fusion") == "rrf" else 3  # RRF scores are about 1/60
+    empty = None
+    if mode is SearchMode.bm25 and len(index):
+        empty = "(no results: no document shares a keyword with the query; stop words are ignored)"
     for n, (query, hits) in enumerate(zip(items, results)):
         if n:
             typer.echo("")
-        typer.echo(format_table(query, hits, total))
+        typer.echo(format_table(query, hits, total, label=label, precision=precision, empty=empty))
 
 
-def format_table(query: str, hits, width: int = 100) -> str:
-    """A plain-text table: rank, score, id, and the (title and) text cut to ``width``."""
+def _search_settings(mode: str, fusion: str, alpha: float, rrf_k: int) -> dict:
+    """What a non-dense search used, for the output (empty for dense: output as before)."""
+    if mode == "dense":
+        return {}
+    if mode == "bm25":
+        return {"mode": mode}
+    if fusion == "rrf":
+        return {"mode": mode, "fusion": fusion, "rrf_k": rrf_k}
+    return {"mode": mode, "fusion": fusion, "alpha": alpha}
+
+
+def format_table(query: str, hits, width: int = 100, *, label: str = "", precision: int = 3,
+                 empty: Optional[str] = None) -> str:
+    """A plain-text table: rank, score, id, and the (title and) text cut to ``width``.
+    ``label`` (e.g. the search mode) follows the query in brackets; ``empty`` replaces the
+    no-results line."""
     id_width = min(max([len(h.id) for h in hits] + [2]), 30)
     head = f"{'#':>3}  {'score':>6}  {'id':<{id_width}}  "
     room = max(width - len(head), 20)
-    lines = [f"query: {query}", head + "text", "-" * min(width, len(head) + room)]
+    lines = [f"query: {query}" + (f"  [{label}]" if label else ""), head + "text",
+             "-" * min(width, len(head) + room)]
     for hit in hits:
         title = hit.metadata.get("title")
         text = f"{title}: {hit.text}" if isinstance(title, str) and title else hit.text
@@ -466,9 +518,9 @@ def format_table(query: str, hits, width: int = 100) -> str:
         if len(text) > room:
             text = text[: room - 3] + "..."
         doc_id = hit.id if len(hit.id) <= id_width else hit.id[: id_width - 3] + "..."
-        lines.append(f"{hit.rank:>3}  {hit.score:>6.3f}  {doc_id:<{id_width}}  {text}")
+        lines.append(f"{hit.rank:>3}  {hit.score:>6.{precision}f}  {doc_id:<{id_width}}  {text}")
     if not hits:
-        lines.append("(no results: the index is empty)")
+        lines.append(empty or "(no results: the index is empty)")
     return "\n".join(lines)
 
 

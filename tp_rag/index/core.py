@@ -10,8 +10,9 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import faiss
 import numpy as np
 
+from tp_rag import hybrid
 from tp_rag.config import EncoderConfig
-from tp_rag.corpus import Document, documents_from_texts, read_documents
+from tp_rag.corpus import Document, documents_from_texts, join_title, read_documents
 from tp_rag.index import factory as fx
 from tp_rag.index.chunks import DEFAULT_CHUNK_SIZE, ChunkedEmbeddings, default_checkpoint_dir
 from tp_rag.index.compat import EncoderMismatchError, check_compatible, matching_preset
@@ -33,17 +34,32 @@ _MAX_NAMED = 10
 
 @dataclass
 class Hit:
-    """One search result: ``rank`` is 1-based; ``score`` the inner product (cosine when the
-    vectors are normalised)."""
+    """One search result: ``rank`` is 1-based. ``score`` depends on the search mode: the inner
+    product (cosine when the vectors are normalised) for ``dense``, the BM25 score for ``bm25``,
+    the fused score for ``hybrid``.
+
+    ``scores`` is ``None`` except for hybrid results, where it holds the parts of the fusion::
+
+        {"fusion": "rrf" | "weighted",
+         "dense": {"rank": 2, "score": 0.83},        # rank/score None: not a dense candidate
+         "bm25": {"rank": None, "score": None}}      # weighted fusion adds "normalized"
+
+    ``metadata`` is always the document's own metadata.
+    """
 
     rank: int
     id: str
     score: float
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    scores: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A JSON-ready dict; the ``scores`` key is there only for hybrid results."""
+        data = asdict(self)
+        if data["scores"] is None:
+            del data["scores"]
+        return data
 
 
 @dataclass
@@ -87,6 +103,7 @@ class FaissIndex:
         self.last_build: Optional[ChunkedEmbeddings] = None  # the latest add's embedding job
         self.faiss_index: Optional[faiss.Index] = None
         self.factory: Optional[str] = None
+        self._bm25 = hybrid.LazyBM25(self._bm25_corpus)
         if train_size < 1:
             raise ValueError(f"train_size must be at least 1, got {train_size}")
         if not fx.needs_corpus_size(self.index_type):
@@ -249,6 +266,7 @@ class FaissIndex:
             self._records[fid] = _Record(doc.id, doc.text, dict(doc.metadata))
             self._fids[doc.id] = fid
         self._next_fid += len(docs)
+        self._bm25.invalidate()
 
     # -- deleting -----------------------------------------------------------------------------
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
@@ -268,17 +286,52 @@ class FaissIndex:
         for fid in fids:
             record = self._records.pop(fid)
             del self._fids[record.id]
+        self._bm25.invalidate()
         return len(fids)
 
     # -- searching ----------------------------------------------------------------------------
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        """The ``k`` best documents for one query (``encode_queries``)."""
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: str = hybrid.DEFAULT_MODE,
+        fusion: str = hybrid.DEFAULT_FUSION,
+        alpha: float = hybrid.DEFAULT_ALPHA,
+        rrf_k: int = hybrid.DEFAULT_RRF_K,
+        candidates: Optional[int] = None,
+    ) -> list[Hit]:
+        """The ``k`` best documents for one query.
+
+        ``mode``: ``"dense"`` (default; the query embedded with ``encode_queries``, inner
+        product), ``"bm25"`` (keywords only; documents sharing no term with the query are not
+        returned, so there may be fewer than ``k``) or ``"hybrid"`` (both, fused; see
+        :mod:`tp_rag.hybrid`). For hybrid, ``fusion`` is ``"rrf"`` (reciprocal rank fusion,
+        constant ``rrf_k``) or ``"weighted"`` (``alpha`` * min-max dense score + (1 - ``alpha``)
+        * min-max BM25 score), over the top ``max(k, candidates or 100)`` of each side.
+
+        The BM25 index is built from the stored texts (``"title. text"``) on the first bm25 or
+        hybrid search and kept in memory until documents are added or deleted.
+        """
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
-        return self.search_batch([query], k)[0]
+        return self.search_batch([query], k, mode=mode, fusion=fusion, alpha=alpha,
+                                 rrf_k=rrf_k, candidates=candidates)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best documents for each query."""
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: str = hybrid.DEFAULT_MODE,
+        fusion: str = hybrid.DEFAULT_FUSION,
+        alpha: float = hybrid.DEFAULT_ALPHA,
+        rrf_k: int = hybrid.DEFAULT_RRF_K,
+        candidates: Optional[int] = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` best documents for each query (options as :meth:`search`)."""
+        options = hybrid.SearchOptions(mode, fusion, alpha, rrf_k, candidates)
+        _check_k(k)
         if isinstance(queries, str):
             raise TypeError("queries must be a list of strings; use search() for one query")
         queries = list(queries)
@@ -289,31 +342,65 @@ class FaissIndex:
                 raise ValueError(f"query {i} is empty; there is nothing to search for")
         if not queries:
             return []
-        return self.search_vectors(self.encoder.encode_queries(queries, show_progress=False), k)
+        if len(self) == 0:
+            return [[] for _ in queries]
+        if options.mode == "bm25":
+            bm25 = self.bm25_index()
+            return [self._hits([(self._fids[i], s) for i, s in bm25.search(q, k)]) for q in queries]
+        depth = k if options.mode == "dense" else options.depth(k)
+        vectors = self.encoder.encode_queries(queries, show_progress=False)
+        dense = self._dense(vectors, depth)
+        if options.mode == "dense":
+            return [self._hits(row) for row in dense]
+        bm25 = self.bm25_index()
+        results = []
+        for query, row in zip(queries, dense):
+            dense_list = [(self._records[fid].id, score) for fid, score in row]
+            fused = hybrid.fuse(dense_list, bm25.search(query, depth), options, limit=k)
+            results.append([
+                self._hit(rank, self._fids[f.id], f.score,
+                          {"fusion": options.fusion, **f.components})
+                for rank, f in enumerate(fused, start=1)
+            ])
+        return results
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Search with query vectors already computed (``(n, dim)`` or ``(dim,)``)."""
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        """Dense search with query vectors already computed (``(n, dim)`` or ``(dim,)``)."""
+        _check_k(k)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
+        return [self._hits(row) for row in self._dense(vectors, k)]
+
+    def bm25_index(self) -> hybrid.BM25Index:
+        """The BM25 side index over the stored ``"title. text"`` strings (built on first use,
+        rebuilt after :meth:`add_documents`/:meth:`delete`)."""
+        return self._bm25.get()
+
+    def _bm25_corpus(self) -> tuple[list[str], list[str]]:
+        records = list(self._records.values())
+        return [r.id for r in records], [_bm25_text(r) for r in records]
+
+    def _dense(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """``(fid, inner product)`` pairs, best first, for each row of ``vectors``."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"query vectors must have {self.dim} columns, got shape {vectors.shape}")
         if len(self) == 0:
             return [[] for _ in range(len(vectors))]
-        scores, fids = self.faiss_index.search(np.ascontiguousarray(vectors), int(min(k, len(self))))
-        results = []
-        for row_scores, row_fids in zip(scores, fids):
-            hits = []
-            for score, fid in zip(row_scores.tolist(), row_fids.tolist()):
-                record = self._records.get(fid)
-                if fid < 0 or record is None:
-                    continue
-                hits.append(Hit(len(hits) + 1, record.id, float(score), record.text,
-                                dict(record.metadata)))
-            results.append(hits)
-        return results
+        scores, fids = self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32),
+                                               int(min(k, len(self))))
+        return [
+            [(fid, float(score)) for score, fid in zip(row_scores.tolist(), row_fids.tolist())
+             if fid >= 0 and fid in self._records]
+            for row_scores, row_fids in zip(scores, fids)
+        ]
+
+    def _hits(self, row: Sequence[tuple[int, float]]) -> list[Hit]:
+        return [self._hit(rank, fid, score) for rank, (fid, score) in enumerate(row, start=1)]
+
+    def _hit(self, rank: int, fid: int, score: float, scores: Optional[dict] = None) -> Hit:
+        record = self._records[fid]
+        return Hit(rank, record.id, float(score), record.text, dict(record.metadata), scores)
 
     # -- access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -483,10 +570,22 @@ class FaissIndex:
             self._records[fid] = _Record(doc_id, record["text"], record.get("metadata", {}))
             self._fids[doc_id] = fid
         self._next_fid = manifest.next_fid
+        self._bm25 = hybrid.LazyBM25(self._bm25_corpus)
         stored = fx.stored_ids(index_obj)
         if len(stored) != len(self._records) or set(stored.tolist()) != set(self._records):
             raise IndexFormatError(f"{path}: the FAISS ids do not match the documents file")
         return self
+
+
+def _check_k(k) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def _bm25_text(record: _Record) -> str:
+    """What BM25 indexes: the title (kept in the metadata) and the text, as the dense side."""
+    title = record.metadata.get("title")
+    return join_title(title if isinstance(title, str) else None, record.text)
 
 
 def manifest_config(manifest: Manifest) -> EncoderConfig:
