@@ -3,6 +3,7 @@
 from importlib import metadata
 
 from langchain_tp_rag.embeddings import TokenPrependingEmbeddings
+from langchain_tp_rag.retrievers import TokenPrependingRetriever
 from langchain_tp_rag.vectorstores import to_langchain_faiss
 
 try:
@@ -10,4 +11,9 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = ""
 
-__all__ = ["TokenPrependingEmbeddings", "to_langchain_faiss", "__version__"]
+__all__ = [
+    "TokenPrependingEmbeddings",
+    "TokenPrependingRetriever",
+    "to_langchain_faiss",
+    "__version__",
+]
