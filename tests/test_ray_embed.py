@@ -121,6 +121,28 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, config):
         prepare_folder(stray, _manifest(config))
 
 
+def test_corpus_paths(tmp_path):
+    from tp_rag.distributed import corpus_paths, iter_documents
+
+    (tmp_path / "b.jsonl").write_text(json.dumps({"_id": "2", "text": "two"}) + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jsonl").write_text(json.dumps({"_id": "1", "text": "one"}) + "\n\n")
+    (tmp_path / "notes.txt").write_text("ignored in folders")
+    found = corpus_paths(tmp_path)
+    assert [p.name for p in found] == ["b.jsonl", "a.jsonl"]
+    assert [d.id for d in iter_documents(found)] == ["2", "1"]
+    assert corpus_paths("s3://bucket/corpus.parquet") == ["s3://bucket/corpus.parquet"]
+    with pytest.raises(ValueError, match="through Ray only"):
+        list(iter_documents(["s3://bucket/corpus.parquet"]))
+    with pytest.raises(ValueError, match="expected a .jsonl or .parquet"):
+        corpus_paths(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError):
+        corpus_paths(tmp_path / "missing.jsonl")
+    (tmp_path / "c.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="mix of JSONL and Parquet"):
+        corpus_paths(tmp_path)
+
+
 # -- Ray --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_local():

@@ -156,6 +156,30 @@ def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on():
     asyncio.run(main())
 
 
+def test_a_bad_request_does_not_fail_the_others_in_its_run():
+    encode = RecordingEncode(delay=0.0)
+
+    def picky(texts, kind):
+        if "bad" in texts:
+            raise ValueError("cannot embed 'bad'")
+        return encode(texts, kind)
+
+    batcher = DynamicBatcher(picky, max_texts=64, max_wait_s=0.05)
+
+    async def main():
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(t, "text") for t in (["ok1"], ["bad"], ["ok2"])),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    good1, bad, good2 = asyncio.run(main())
+    assert isinstance(bad, ValueError)
+    assert good1[0][0, 0] == 3 and good2[0][0, 0] == 3
+    assert batcher.stats.runs == 4  # the shared run failed, then each request alone
+
+
 # -- embeddings ---------------------------------------------------------------------------------------
 def test_embeddings_float_matches_the_encoder(client, encoder):
     r = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": MODEL})

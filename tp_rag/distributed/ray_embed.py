@@ -104,6 +104,7 @@ def embed_corpus(
     _ensure_ray(address)
     started = time.perf_counter()
     context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
     context.execution_options.preserve_order = True  # shards in corpus order
     context.enable_progress_bars = bool(show_progress)
     fields = dict(text_field=text_field, id_field=id_field, title_field=title_field)
@@ -132,6 +133,7 @@ def embed_corpus(
     finally:
         del ds  # let Ray Data release the actor pool now, not at garbage collection
         gc.collect()
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
     ended = time.perf_counter()
     seconds = ended - started
     # Rows after the first batch over the time after it: throughput once actors are up.

@@ -13,14 +13,21 @@ PathLike = Union[str, Path]
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def corpus_paths(corpus: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
+def corpus_paths(corpus: Union[PathLike, Sequence[PathLike]]) -> list:
     """Files of a corpus: the given files, and the .jsonl/.parquet files below given folders
-    (sorted). All JSONL or all Parquet."""
+    (sorted). All JSONL or all Parquet. URIs (``s3://...``, ``local://...``) are passed to Ray
+    as they are: on a cluster of several machines every node must be able to read the corpus
+    (shared storage, object store, or ``local://`` for a file on the driver's node)."""
     items = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
     if not items:
         raise ValueError("no corpus files given")
-    paths: list[Path] = []
+    paths: list = []
     for item in items:
+        if isinstance(item, str) and "://" in item:
+            if not item.lower().endswith((*JSON_SUFFIXES, ".parquet")):
+                raise ValueError(f"{item}: expected a .jsonl or .parquet file")
+            paths.append(item)
+            continue
         item = Path(item)
         if item.is_dir():
             found = sorted(p for p in item.rglob("*")
@@ -34,13 +41,17 @@ def corpus_paths(corpus: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
             paths.append(item)
         else:
             raise FileNotFoundError(f"no such file or folder: {item}")
-    if len({p.suffix.lower() == ".parquet" for p in paths}) > 1:
+    if len({_parquet(p) for p in paths}) > 1:
         raise ValueError("a mix of JSONL and Parquet files; embed them in separate runs")
-    return [p.resolve() for p in paths]
+    return [p if isinstance(p, str) else p.resolve() for p in paths]
 
 
-def is_parquet(paths: Sequence[Path]) -> bool:
-    return bool(paths) and paths[0].suffix.lower() == ".parquet"
+def _parquet(path) -> bool:
+    return str(path).lower().endswith(".parquet")
+
+
+def is_parquet(paths: Sequence) -> bool:
+    return bool(paths) and _parquet(paths[0])
 
 
 def iter_documents(paths: Sequence[Path], *, text_field: str = "text", id_field: Optional[str] = None,
@@ -48,6 +59,8 @@ def iter_documents(paths: Sequence[Path], *, text_field: str = "text", id_field:
     """The documents of ``paths`` in order, streamed (the single-process path)."""
     fields = dict(text_field=text_field, id_field=id_field, title_field=title_field)
     for path in paths:
+        if isinstance(path, str):
+            raise ValueError(f"{path}: URIs are read through Ray only (use --ray)")
         if is_parquet([path]):
             import pyarrow.parquet as pq
 

@@ -159,10 +159,14 @@ class DynamicBatcher:
             self.stats.largest_run = max(self.stats.largest_run, len(texts))
             try:
                 vectors, tokens = await loop.run_in_executor(self._executor, self._encode, texts, kind)
-            except Exception as err:  # noqa: BLE001 - every waiting request learns of it
+            except Exception as err:  # noqa: BLE001 - handed to the waiting requests
+                if len(jobs) == 1:
+                    if not jobs[0].future.done():
+                        jobs[0].future.set_exception(err)
+                    continue
+                # One bad request must not fail the others it shared a run with: run each alone.
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+                    await self._run(loop, [job])
                 continue
             start = 0
             for job in jobs:

@@ -203,8 +203,9 @@ def serve(
 # -- tp-rag embed-corpus ----------------------------------------------------------------------------
 @_reports_errors
 def embed_corpus(
-    corpus: Annotated[List[Path], typer.Argument(
-        help="JSONL or Parquet files, or folders of them.", show_default=False)],
+    corpus: Annotated[List[str], typer.Argument(
+        help="JSONL or Parquet files, or folders of them (URIs such as s3://... with --ray).",
+        show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Shard folder (Parquet: id, text, title, metadata, embedding). "
         "Rerunning skips the documents already there.", show_default=False)],
