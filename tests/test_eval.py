@@ -149,3 +149,11 @@ def test_best_of_ignores_layers_tp_cannot_reach():
     assert best["vanilla"] == {"spearman": 21.0, "output_layer": 2}
     assert best["tp"] == {"spearman": 25.0, "output_layer": 3, "tp_start": 1, "tp_exit": 2}
     assert best["placeholder_only"]["output_layer"] == 1
+
+
+def test_check_tokenizer_refuses_character_level():
+    from tp_rag_eval.common import check_tokenizer
+
+    check_tokenizer(lambda text, add_special_tokens=False: {"input_ids": text.split()})
+    with pytest.raises(SystemExit, match="character-level"):
+        check_tokenizer(lambda text, add_special_tokens=False: {"input_ids": list(text)})

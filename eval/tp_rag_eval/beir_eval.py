@@ -28,6 +28,7 @@ import numpy as np
 
 from tp_rag_eval.cache import cached_encode, corpus_hash
 from tp_rag_eval.common import (
+    check_tokenizer,
     MINILM, MiniLMEncoder, default_cache_dir, default_data_root, run_record, write_json,
 )
 
@@ -272,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cfg = preset_config(args.preset, **encoder_overrides(name, mode, args))
                 if loaded is None:
                     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+                    check_tokenizer(loaded.tokenizer)
                 encoder = Encoder(cfg, loaded=loaded)
                 settings = {**cfg.model_dump(), "resolved_output_layer": encoder.output_layer}
                 print(f"[beir] {spec}: {encoder!r}", file=sys.stderr)

@@ -110,6 +110,21 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def check_tokenizer(tokenizer) -> None:
+    """Refuse to evaluate with a tokenizer that splits plain English into characters.
+
+    transformers 5.17 builds a merge-less (character-level) tokenizer when it converts the
+    bundled Gemma 3 GGUF; the model then still runs and every number it gives is meaningless."""
+    probe = "Hello world, this is a sentence."
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if len(ids) > 16:
+        raise SystemExit(
+            f"the tokenizer splits {probe!r} into {len(ids)} tokens: it looks character-level "
+            "(a GGUF converted by an old transformers version?). Results would be meaningless; "
+            "delete the converted model folder and convert again with a recent transformers."
+        )
+
+
 # -- encoders ----------------------------------------------------------------------------------
 MINILM = "all-MiniLM-L6-v2"
 

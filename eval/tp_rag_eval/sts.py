@@ -19,6 +19,7 @@ import numpy as np
 
 from tp_rag_eval.cache import cached_encode
 from tp_rag_eval.common import (
+    check_tokenizer,
     MINILM, RESULTS_DIR, MiniLMEncoder, default_cache_dir, default_data_root, run_record,
     write_json,
 )
@@ -185,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cfg = preset_config(args.preset, **over)
             if loaded is None:
                 loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+                check_tokenizer(loaded.tokenizer)
             encoder = Encoder(cfg, loaded=loaded)
             print(f"[sts] {name}: {encoder!r}", file=sys.stderr)
             res = evaluate_sts(encoder, tasks, args.data, cache, args.limit)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tp_rag_eval.common import RESULTS_DIR, default_data_root, run_record, write_json
+from tp_rag_eval.common import check_tokenizer, RESULTS_DIR, default_data_root, run_record, write_json
 from tp_rag_eval.sts import evaluate_all_layers
 from tp_rag_eval.sts_data import load_task
 
@@ -211,6 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         common["model"] = args.model
     base = preset_config(args.preset, **common)
     loaded = load_model(base.model, device=base.device, dtype=base.dtype)
+    check_tokenizer(loaded.tokenizer)
 
     def factory(tp_exit):
         if tp_exit is None:
