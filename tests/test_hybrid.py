@@ -286,3 +286,25 @@ def test_empty_query_is_an_error(index, mode):
         index.search("  ", k=3, mode=mode)
     with pytest.raises(ValueError, match="query 1 is empty"):
         index.search_batch(["guitar", ""], k=3, mode=mode)
+
+
+# -- the bundled model ----------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_hybrid_on_the_bundled_model():
+    from pathlib import Path
+
+    from tp_rag import Encoder
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "data" / "corpus.jsonl"
+    index = FaissIndex.from_corpus(corpus, Encoder.from_preset("gemma-3-270m", device="cpu"),
+                                   checkpoint_dir=None, show_progress=False)
+    expected = {
+        "highest mountain in the world": "geo-002",  # a paraphrase: the dense side's strength
+        "Gutenberg": "hist-001",  # a rare name: BM25's
+        "Apollo 11 crew": "hist-002",
+        "how do plants turn light into sugar": "sci-001",
+    }
+    for fusion in ["rrf", "weighted"]:
+        results = index.search_batch(list(expected), k=3, mode="hybrid", fusion=fusion)
+        got = {q: hits[0].id for q, hits in zip(expected, results)}
+        assert got == expected, (fusion, got)
