@@ -268,12 +268,12 @@ def test_cli_suites_and_report_on_a_tiny_model_folder(tmp_path):
     common_args = ["--model", str(folder), "--output-layer", "4", "--sentences", str(sts), "--corpus", str(corpus),
                    "--out", str(out), "--reps", "1", "--n-sentences", "4", "--n-passages", "4", "--layers", "2,4",
                    "--matmul-n", "64", "--max-length", "64", "--batching-batch-size", "2"]
-    for suite in ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct"):
+    for suite in ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "tokenizer"):
         assert main([suite, *common_args]) == 0
         rec = json.loads((out / f"{suite}.json").read_text())
         assert rec["command"] and rec["settings"]["config"]["model"] == str(folder)
     assert main(["report", "--out", str(out)]) == 0
     summary = (out / "summary.md").read_text()
     for title in ("Token Prepending overhead", "Early exit", "Length-sorted", "float32 vs bfloat16",
-                  "Achieved FLOP/s", "torch threads", "Encoder construction"):
+                  "Achieved FLOP/s", "torch threads", "Encoder construction", "Tokenizer load"):
         assert title in summary

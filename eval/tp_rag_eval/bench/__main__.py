@@ -2,7 +2,7 @@
 
 Suites: ``tp`` (TP overhead), ``early-exit``, ``batching`` (length-sorted vs unsorted),
 ``dtype`` (float32 vs bfloat16), ``flops`` (achieved vs matmul FLOP/s), ``threads`` (1 vs torch's default),
-``construct`` (Encoder() and the PST mean vector), ``load`` (first vs
+``construct`` (Encoder() and the PST mean vector), ``tokenizer`` (tokenizer load paths), ``load`` (first vs
 cached load, peak RSS; subprocesses), ``all`` (all of them in that order), ``report`` (rewrite
 ``eval/bench/results/summary.md`` from the JSON files). Each suite writes
 ``eval/bench/results/<suite>.json`` (``--out`` to change the folder).
@@ -15,7 +15,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "load")
+SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "tokenizer", "load")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,7 @@ DEFAULTS = {
     "flops": ((6, 6), 0, 4),
     "threads": ((8, 3), 16, 0),
     "construct": ((3, 3), 0, 0),
+    "tokenizer": ((3, 3), 0, 0),
     "load": ((1, 1), 0, 4),
 }
 
@@ -136,6 +137,12 @@ def run_suite(name: str, args) -> Path:
         results["passages"] = suites.bench_flops(load(args.dtype), base, sets["passages"], reps_p, args.matmul_n)
     elif name == "construct":
         results["bundled"] = suites.bench_construct(load(args.dtype), base, reps_s)
+    elif name == "tokenizer":
+        from tp_rag.models import _resolve_reference
+
+        from tp_rag_eval.bench.load import bench_tokenizer_load
+
+        results["bundled"] = bench_tokenizer_load(_resolve_reference(base.model), reps_s)
     elif name == "threads":
         counts = sorted({1, default_threads, *[int(x) for x in args.thread_counts.split(",") if x]})
         settings["thread_counts"] = counts

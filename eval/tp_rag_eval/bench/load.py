@@ -110,3 +110,35 @@ def bench_load(
         if first.get("total_to_ready_cpu_s") and same.get("total_to_ready_cpu_s_median"):
             out["first_over_cached_total_to_ready_cpu"] = first["total_to_ready_cpu_s"] / same["total_to_ready_cpu_s_median"]
     return rounded(out, 4)
+
+
+def bench_tokenizer_load(folder: str, reps: int = 3) -> dict:
+    """Loading the converted model's tokenizer three ways, interleaved in one process (files in
+    the page cache for all): what ``tp_rag.models.load_model`` does (``AutoTokenizer``), the
+    fast tokenizer from its ``tokenizer.json`` alone, and the Rust tokenizer alone. Also checks
+    that the first two give the same ids on a few prompts."""
+    from pathlib import Path as _Path
+
+    import tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from tp_rag_eval.bench.common import interleaved, summarise
+
+    file = str(_Path(folder) / "tokenizer.json")
+    variants = {
+        "AutoTokenizer.from_pretrained": lambda: AutoTokenizer.from_pretrained(folder),
+        "PreTrainedTokenizerFast(tokenizer_file)": lambda: PreTrainedTokenizerFast(tokenizer_file=file),
+        "tokenizers.Tokenizer.from_file": lambda: tokenizers.Tokenizer.from_file(file),
+    }
+    timing = interleaved(variants, reps, warmup=0)
+    auto, fast = AutoTokenizer.from_pretrained(folder), PreTrainedTokenizerFast(tokenizer_file=file)
+    probe = ['This sentence : "A man is playing a guitar." means in one word:"',
+             "Alterations of the architecture of cerebral white matter <PST> in the developing brain."]
+    same = auto(probe, add_special_tokens=False)["input_ids"] == fast(probe, add_special_tokens=False)["input_ids"]
+    return rounded({
+        "folder": folder,
+        "tokenizer_json_mb": _Path(file).stat().st_size / 2**20,
+        "summary": summarise(timing, "AutoTokenizer.from_pretrained"),
+        "same_ids_auto_vs_fast": same,
+        "timing_raw": timing,
+    }, 4)

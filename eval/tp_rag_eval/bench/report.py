@@ -219,6 +219,20 @@ def _construct(rec: dict) -> list[str]:
     return lines
 
 
+def _tokenizer(rec: dict) -> list[str]:
+    res = rec["results"]["bundled"]
+    raw = res["timing_raw"]
+    base = "AutoTokenizer.from_pretrained"
+    lines = ["## Tokenizer load", *_header(rec),
+             f"`tokenizer.json` of {res['tokenizer_json_mb']:.0f} MB; same ids from AutoTokenizer and the plain fast "
+             f"tokenizer on probe prompts: {res['same_ids_auto_vs_fast']}.", "",
+             "| variant | median wall s | median CPU s | CPU ratio vs AutoTokenizer |", "|---|---|---|---|"]
+    for k in raw["wall_s"]:
+        lines.append(f"| {k} | {res['summary']['wall_s'][k]['median']:.2f} | {res['summary']['cpu_s'][k]['median']:.2f} | "
+                     f"{_ratio(raw, 'cpu_s', k, base)} |")
+    return lines + [""]
+
+
 SECTIONS = {
     "tp": _tp,
     "early-exit": _early_exit,
@@ -227,6 +241,7 @@ SECTIONS = {
     "flops": _flops,
     "threads": _threads,
     "construct": _construct,
+    "tokenizer": _tokenizer,
     "load": _load_suite,
 }
 
