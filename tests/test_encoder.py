@@ -264,3 +264,19 @@ def test_replace_shares_the_loaded_model(encoder):
     assert vanilla._loaded is encoder._loaded and not vanilla.config.token_prepending
     assert encoder.config.token_prepending  # the original is unchanged
     np.testing.assert_allclose(vanilla.encode(TEXTS), tiny_encoder("llama", token_prepending=False).encode(TEXTS), atol=1e-6)
+
+
+def test_resolve_encoder_checks_a_shared_encoder_against_settings(encoder, tmp_path, monkeypatch):
+    from tp_rag.encoder import resolve_encoder
+    from tp_rag.presets import save_preset
+
+    assert resolve_encoder(encoder, None, {"tp_exit": 3, "batch_size": 99}) is encoder
+    with pytest.raises(ValueError, match=r"tp_exit=4 \(the encoder has 3\)"):
+        resolve_encoder(encoder, None, {"tp_exit": 4})
+    with pytest.raises(ValueError, match=r"mdl='x'"):
+        resolve_encoder(encoder, None, {"model": "x"}, names={"model": "mdl"})
+    monkeypatch.setenv("TP_RAG_PRESETS", str(tmp_path / "p.json"))
+    save_preset("mine", encoder.config)  # user presets count like built-in ones
+    assert resolve_encoder(encoder, "mine", {}) is encoder
+    with pytest.raises(TypeError, match="must be a tp_rag.Encoder"):
+        resolve_encoder("not an encoder", None, {})

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from tp_rag.batching import build_rows, iter_batches
 from tp_rag.config import EncoderConfig
 from tp_rag.models import LoadedModel, find_decoder_layers, load_model
-from tp_rag.presets import preset_config
+from tp_rag.presets import DEFAULT_PRESET, all_presets, preset_config
 from tp_rag.prompts import RenderedTemplate, preprocess_sentence, render_template
 from tp_rag.runner import Runner
 
@@ -206,6 +206,47 @@ class Encoder:
                 for t in self.config.templates(kind)
             ]
         return self._templates[kind]
+
+
+# Settings that determine the vectors (all of EncoderConfig but the per-call batch size): what
+# integrations accept as fields and check against a shared encoder's configuration.
+ENCODER_SETTINGS: tuple[str, ...] = tuple(n for n in EncoderConfig.model_fields if n != "batch_size")
+
+
+def resolve_encoder(
+    encoder: Optional[Encoder],
+    preset: Optional[str],
+    settings: dict,
+    names: Optional[dict[str, str]] = None,
+) -> Encoder:
+    """The encoder an integration should use: ``encoder`` if given (its configuration must agree
+    with ``preset`` and ``settings``), else a new one built from them (the default preset when
+    neither a preset nor a model is named). ``names`` renames settings in error messages."""
+    if encoder is None:
+        if preset is None and "model" not in settings:
+            preset = DEFAULT_PRESET
+        return Encoder(preset_config(preset, **settings) if preset else EncoderConfig(**settings))
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")
+    expected = dict(settings)
+    if preset is not None:
+        preset_config(preset)  # an unknown name fails with the list of presets
+        expected = {**all_presets()[preset], **settings}
+    expected.pop("batch_size", None)  # a per-call setting: may differ from the encoder's
+    names = names or {}
+    conflicts = [
+        f"{names.get(name, name)}={value!r} (the encoder has {getattr(encoder.config, name)!r})"
+        for name, value in expected.items()
+        if getattr(encoder.config, name) != value
+    ]
+    if conflicts:
+        origin = f" (from preset {preset!r})" if preset is not None else ""
+        raise ValueError(
+            "an encoder was passed together with settings that disagree with its "
+            f"configuration{origin}: {', '.join(conflicts)}. Pass either the encoder or the "
+            "settings, or settings that match it."
+        )
+    return encoder
 
 
 def _check_texts(texts) -> list[str]:

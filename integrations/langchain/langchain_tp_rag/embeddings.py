@@ -7,30 +7,10 @@ from typing import Any, Literal, Optional, Union
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tp_rag import DEFAULT_PRESET, Encoder, EncoderConfig, preset_config
-from tp_rag.presets import PRESETS
+from tp_rag import DEFAULT_PRESET, Encoder
+from tp_rag.encoder import ENCODER_SETTINGS, resolve_encoder
 
 PromptSpec = Union[str, list[str]]
-
-# Settings that determine the vectors: they are passed to EncoderConfig and, when an encoder
-# is shared, must agree with its configuration.
-ENCODER_SETTINGS: tuple[str, ...] = (
-    "model",
-    "prompt",
-    "query_prompt",
-    "document_prompt",
-    "token_prepending",
-    "tp_start",
-    "tp_exit",
-    "output_layer",
-    "pst_init",
-    "preprocess",
-    "max_length",
-    "device",
-    "dtype",
-    "normalize",
-)
-
 
 class TokenPrependingEmbeddings(BaseModel, Embeddings):
     """Sentence/passage embeddings from a decoder-only LLM with Token Prepending (tp-rag).
@@ -136,35 +116,3 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         return self.encoder.encode(
             texts, kind=kind, batch_size=self.batch_size, show_progress=self.show_progress
         )
-
-
-def resolve_encoder(
-    encoder: Optional[Encoder], preset: Optional[str], settings: dict[str, Any]
-) -> Encoder:
-    """The encoder to use: ``encoder`` if given (checked against the settings), else a new one
-    built from ``preset`` and ``settings``."""
-    if encoder is None:
-        if preset is None and "model" not in settings:
-            preset = DEFAULT_PRESET
-        config = preset_config(preset, **settings) if preset else EncoderConfig(**settings)
-        return Encoder(config)
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")
-    expected = dict(settings)
-    if preset is not None:
-        preset_config(preset)  # unknown names fail with the list of presets
-        expected = {**PRESETS[preset], **settings}
-    expected.pop("batch_size", None)  # a per-call setting: may differ from the encoder's
-    conflicts = [
-        f"{name}={value!r} (the encoder has {getattr(encoder.config, name)!r})"
-        for name, value in expected.items()
-        if getattr(encoder.config, name) != value
-    ]
-    if conflicts:
-        origin = f" (from preset {preset!r})" if preset is not None else ""
-        raise ValueError(
-            "an encoder was passed together with settings that disagree with its "
-            f"configuration{origin}: {', '.join(conflicts)}. Pass either the encoder or the "
-            "settings, or settings that match it."
-        )
-    return encoder

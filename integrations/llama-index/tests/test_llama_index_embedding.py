@@ -11,7 +11,7 @@ from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from tp_rag import Encoder, EncoderConfig, preset_config
 
-import llama_index.embeddings.tp_rag.base as module
+import tp_rag.encoder as core
 from llama_index.embeddings.tp_rag import TokenPrependingEmbedding
 from llama_index.embeddings.tp_rag.base import ENCODER_SETTINGS
 
@@ -135,7 +135,7 @@ def test_default_is_the_bundled_preset(monkeypatch, tiny_encoder):
             built.append(config)
             return tiny_encoder
 
-    monkeypatch.setattr(module, "Encoder", FakeEncoder)
+    monkeypatch.setattr(core, "Encoder", FakeEncoder)  # the core builds the encoder
     TokenPrependingEmbedding()
     TokenPrependingEmbedding(preset="gemma-3-270m", normalize=False, embed_batch_size=8)
     assert built[0] == preset_config("gemma-3-270m")

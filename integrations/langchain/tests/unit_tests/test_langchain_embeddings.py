@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from tp_rag import Encoder, EncoderConfig, preset_config
 
-import langchain_tp_rag.embeddings as module
+import tp_rag.encoder as core
 from langchain_tp_rag import TokenPrependingEmbeddings
 from langchain_tp_rag.embeddings import ENCODER_SETTINGS
 
@@ -88,7 +88,7 @@ def test_default_is_the_bundled_preset(monkeypatch, tiny_encoder):
         built.append(config)
         return tiny_encoder
 
-    monkeypatch.setattr(module, "Encoder", type("E", (), {"__new__": lambda cls, c: fake_encoder(c)}))
+    monkeypatch.setattr(core, "Encoder", type("E", (), {"__new__": lambda cls, c: fake_encoder(c)}))
     TokenPrependingEmbeddings()
     TokenPrependingEmbeddings(preset="gemma-3-270m", normalize=False)
     assert built[0] == preset_config("gemma-3-270m")

@@ -7,8 +7,8 @@ from typing import Any, List, Literal, Optional, Union
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from tp_rag import DEFAULT_PRESET, Encoder, EncoderConfig, preset_config
-from tp_rag.presets import PRESETS
+from tp_rag import DEFAULT_PRESET, Encoder
+from tp_rag.encoder import resolve_encoder
 
 PromptSpec = Union[str, List[str]]
 
@@ -104,7 +104,7 @@ class TokenPrependingEmbedding(BaseEmbedding):
         batch = kwargs.get("embed_batch_size")
         if encoder is None and batch is not None:
             settings["batch_size"] = batch
-        encoder = resolve_encoder(encoder, preset, settings)
+        encoder = resolve_encoder(encoder, preset, settings, names={"model": "model_name"})
         config = encoder.config
         kwargs.update({name: getattr(config, name) for name in ENCODER_SETTINGS})
         kwargs["model_name"] = config.model
@@ -159,34 +159,3 @@ def _one(text: Any) -> List[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     return [text]
-
-
-def resolve_encoder(
-    encoder: Optional[Encoder], preset: Optional[str], settings: dict[str, Any]
-) -> Encoder:
-    """The encoder to use: ``encoder`` if given (checked against the settings), else a new one
-    built from ``preset`` and ``settings``."""
-    if encoder is None:
-        config = preset_config(preset, **settings) if preset else EncoderConfig(**settings)
-        return Encoder(config)
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")
-    expected = dict(settings)
-    if preset is not None:
-        preset_config(preset)  # unknown names fail with the list of presets
-        expected = {**PRESETS[preset], **settings}
-    expected.pop("batch_size", None)  # a per-call setting: may differ from the encoder's
-    conflicts = [
-        f"{'model_name' if name == 'model' else name}={value!r} "
-        f"(the encoder has {getattr(encoder.config, name)!r})"
-        for name, value in expected.items()
-        if getattr(encoder.config, name) != value
-    ]
-    if conflicts:
-        origin = f" (from preset {preset!r})" if preset is not None else ""
-        raise ValueError(
-            "an encoder was passed together with settings that disagree with its "
-            f"configuration{origin}: {', '.join(conflicts)}. Pass either the encoder or the "
-            "settings, or settings that match it."
-        )
-    return encoder
