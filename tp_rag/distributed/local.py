@@ -69,7 +69,6 @@ def embed_corpus_local(
     total = len(done) + writer.rows_written
     manifest.update(complete=True, count=total)
     write_json(output_dir / "embeddings.json", manifest)
-    steady = writer.rows_written / (ended - loaded) if writer.rows_written and ended > loaded else None
     return EmbedCorpusResult(str(output_dir), total, writer.rows_written, len(done), writer.seq,
-                             round(ended - started, 3), 0, round(loaded - started, 3),
-                             round(steady, 2) if steady is not None else None)
+                             round(ended - started, 3), 0,
+                             round(ended - loaded, 3) if writer.rows_written else None)

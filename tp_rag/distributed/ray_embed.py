@@ -47,17 +47,23 @@ class EmbedCorpusResult:
     embedded: int         # by this run
     skipped: int          # already in the folder's shards
     shards_written: int
-    seconds: float        # wall time of the Ray job, actor start-up and model loads included
+    seconds: float        # wall time of the job, actor start-up and model loads included
     num_actors: int
-    first_batch_seconds: Optional[float] = None  # until the first embedded batch came back
-    steady_docs_per_second: Optional[float] = None  # after the first batch
+    # From the first encode call's start to the last one's end (model loading excluded).
+    embed_seconds: Optional[float] = None
+
+    @property
+    def embed_docs_per_second(self) -> Optional[float]:
+        return self.embedded / self.embed_seconds if self.embed_seconds else None
 
     @property
     def docs_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "docs_per_second": round(self.docs_per_second, 2)}
+        rate = self.embed_docs_per_second
+        return {**asdict(self), "docs_per_second": round(self.docs_per_second, 2),
+                "embed_docs_per_second": round(rate, 2) if rate is not None else None}
 
 
 def embed_corpus(
@@ -120,11 +126,12 @@ def embed_corpus(
         num_gpus=num_gpus_per_actor,
     )
     writer = ShardWriter(output_dir, next_run(output_dir), shard_size)
-    first_rows, first_at = 0, None
+    span = [float("inf"), float("-inf")]  # encode calls' wall-clock start and end, all actors
     try:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if first_at is None and table.num_rows:
-                first_rows, first_at = table.num_rows, time.perf_counter()
+            if table.num_rows:
+                span[0] = min(span[0], pc_min(table, "_encode_start"))
+                span[1] = max(span[1], pc_max(table, "_encode_end"))
             writer.add(table)
             if manifest.get("dim") is None and writer.dim is not None:
                 manifest["dim"] = writer.dim
@@ -134,19 +141,15 @@ def embed_corpus(
         del ds  # let Ray Data release the actor pool now, not at garbage collection
         gc.collect()
         context.execution_options.preserve_order, context.enable_progress_bars = saved
-    ended = time.perf_counter()
-    seconds = ended - started
-    # Rows after the first batch over the time after it: throughput once actors are up.
-    later = writer.rows_written - first_rows
-    steady = later / (ended - first_at) if first_at is not None and later and ended > first_at else None
+    seconds = time.perf_counter() - started
+    embed_seconds = span[1] - span[0] if span[1] > span[0] else None
 
     total = len(done) + writer.rows_written
     manifest.update(complete=True, count=total)
     write_json(output_dir / "embeddings.json", manifest)
     return EmbedCorpusResult(str(output_dir), total, writer.rows_written, len(done), writer.seq,
                              round(seconds, 3), num_actors,
-                             round(first_at - started, 3) if first_at is not None else None,
-                             round(steady, 2) if steady is not None else None)
+                             round(embed_seconds, 3) if embed_seconds is not None else None)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -210,11 +213,34 @@ class _EmbedActor:
         keep = [i for i, doc_id in enumerate(batch["id"]) if doc_id not in self.skip]
         cols = {k: batch[k][keep] for k in ("id", "text", "title", "metadata")}
         texts = [join_title(title or None, text) for title, text in zip(cols["title"], cols["text"])]
+        began = time.time()
         if texts:
             vectors = self.encoder.encode(texts, kind=self.kind, show_progress=False)
         else:
             vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
-        return shard_table(cols["id"], cols["text"], cols["title"], cols["metadata"], vectors)
+        table = shard_table(cols["id"], cols["text"], cols["title"], cols["metadata"], vectors)
+        # Timing columns for the driver's throughput figure; shards keep only SCHEMA_FIELDS.
+        n = table.num_rows
+        table = table.append_column("_encode_start", _floats([began] * n))
+        return table.append_column("_encode_end", _floats([time.time()] * n))
+
+
+def _floats(values):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.float64())
+
+
+def pc_min(table, column: str) -> float:
+    import pyarrow.compute as pc
+
+    return float(pc.min(table.column(column)).as_py())
+
+
+def pc_max(table, column: str) -> float:
+    import pyarrow.compute as pc
+
+    return float(pc.max(table.column(column)).as_py())
 
 
 # -- helpers ----------------------------------------------------------------------------------------
