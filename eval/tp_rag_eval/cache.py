@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 CACHE_FORMAT = 1
-SAVE_EVERY = 1024  # texts between writes of the store (resumability of long jobs)
+SAVE_EVERY = 256  # texts between writes of the store (resumability of long jobs)
 
 
 def text_hash(text: str) -> str:
