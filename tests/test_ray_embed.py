@@ -169,7 +169,7 @@ def scifact_part(tmp_path_factory):
 
 
 @pytest.mark.data
-def test_ray_embedding_equals_single_process_and_resumes(ray_local, scifact_part, config, tmp_path):
+def test_ray_embedding_equals_single_process_and_resumes(scifact_part, ray_local, config, tmp_path):
     from tp_rag.distributed import embed_corpus
 
     out = tmp_path / "shards"
@@ -206,7 +206,7 @@ def test_ray_embedding_equals_single_process_and_resumes(ray_local, scifact_part
 
 
 @pytest.mark.data
-def test_ray_reads_parquet(ray_local, scifact_part, config, tmp_path):
+def test_ray_reads_parquet(scifact_part, ray_local, config, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
