@@ -4,7 +4,9 @@
 #   bash eval/scripts/run_suite.sh
 # Environment: DATA (default ../shared/data), RESULTS (eval/results), BEIR_CACHE (embedding
 # cache for the SciFact corpus; default ~/.cache/tp-rag/eval), BS / DOC_BS (batch sizes),
-# PY (python). On a GPU the suite takes minutes; on a 2-core CPU, many hours (SciFact: ~45 min
+# PY (python). Needs a transformers whose GGUF conversion keeps Gemma 3's BPE merges (5.24 does,
+# 5.17 builds a character-level tokenizer; the harness refuses that). On a GPU the suite takes
+# minutes; on a 2-core CPU, many hours (SciFact: ~45 min
 # per configuration).
 set -u
 DATA=${DATA:-../shared/data}
