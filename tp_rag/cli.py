@@ -5,7 +5,6 @@ Errors are reported as one ``error: ...`` line on stderr with exit status 1 (2 f
 """
 
 import enum
-import functools
 import json
 import os
 import shutil
@@ -15,7 +14,13 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from tp_rag.presets import DEFAULT_PRESET, list_presets
+from tp_rag.cli_common import (
+    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
+    MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt, PresetOpt, ProgressOpt, PromptOpt,
+    QueryPromptOpt, TextFieldOpt, TitleFieldOpt, TpExitOpt, TpOpt, TpStartOpt, WorkDirOpt,
+    encoder_config, fail, make_encoder, quiet_loading, reports_errors,
+)
+from tp_rag.server.cli import embed_corpus, serve
 
 app = typer.Typer(
     name="tp-rag",
@@ -31,145 +36,6 @@ index_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(index_app, name="index")
-
-
-class Dtype(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class Kind(str, enum.Enum):
-    document = "document"
-    query = "query"
-    text = "text"
-
-
-# -- shared options -------------------------------------------------------------------------------
-_ENC = "Encoder"
-_RUN = "Runtime"
-PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", help=f"Named configuration: {', '.join(list_presets())}. Default: "
-    f"{DEFAULT_PRESET}, or none when --model is given (plain defaults then).",
-    rich_help_panel=_ENC)]
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Model: bundled name, local folder, .gguf file or Hugging Face hub id "
-    "(overrides the preset's model).", rich_help_panel=_ENC)]
-TpOpt = Annotated[Optional[bool], typer.Option(
-    "--tp/--no-tp", help="Token Prepending on (default) or off (vanilla prompt embeddings).",
-    show_default=False, rich_help_panel=_ENC)]
-TpStartOpt = Annotated[Optional[int], typer.Option(
-    "--tp-start", min=0, help="First decoder layer (0-based) with Token Prepending.",
-    rich_help_panel=_ENC)]
-TpExitOpt = Annotated[Optional[int], typer.Option(
-    "--tp-exit", min=1, help="TP applies before layers tp-start .. tp-exit - 1.",
-    rich_help_panel=_ENC)]
-OutputLayerOpt = Annotated[Optional[int], typer.Option(
-    "--output-layer", help="Hidden state used as the embedding (1..L, or -1 = last).",
-    rich_help_panel=_ENC)]
-PromptOpt = Annotated[Optional[str], typer.Option(
-    "--prompt", help="Prompt family (prompteol, metaeol, pretended_cot, knowledge, passage_eol) "
-    "or a template containing {text}.", rich_help_panel=_ENC)]
-QueryPromptOpt = Annotated[Optional[str], typer.Option(
-    "--query-prompt", help="Prompt family or template for queries (default: --prompt).",
-    rich_help_panel=_ENC)]
-DocumentPromptOpt = Annotated[Optional[str], typer.Option(
-    "--document-prompt", help="Prompt family or template for documents (default: --prompt).",
-    rich_help_panel=_ENC)]
-MaxLengthOpt = Annotated[Optional[int], typer.Option(
-    "--max-length", min=8, help="Maximum tokens per prompt; longer texts are cut.",
-    rich_help_panel=_ENC)]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps (default: the configuration's, auto).",
-    rich_help_panel=_RUN)]
-DtypeOpt = Annotated[Optional[Dtype], typer.Option(
-    "--dtype", help="Model precision (default float32).", rich_help_panel=_RUN)]
-BatchSizeOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", min=1, help="Texts per forward pass (default 16).", rich_help_panel=_RUN)]
-TextFieldOpt = Annotated[str, typer.Option(
-    "--text-field", help="JSONL field holding the text.")]
-IdFieldOpt = Annotated[Optional[str], typer.Option(
-    "--id-field", help="JSONL field holding the id (default: _id, then id, else the line).")]
-TitleFieldOpt = Annotated[str, typer.Option(
-    "--title-field", help="JSONL field holding a title, embedded as 'title. text' (empty: none).")]
-ChunkSizeOpt = Annotated[int, typer.Option(
-    "--chunk-size", min=1, help="Documents per embedding chunk (one checkpoint file each).")]
-WorkDirOpt = Annotated[Optional[Path], typer.Option(
-    "--work-dir", help="Folder for the embedding checkpoints that let an interrupted run resume "
-    "(default: the tp-rag cache folder). Removed after success.")]
-NoCheckpointOpt = Annotated[bool, typer.Option(
-    "--no-checkpoint", help="Do not checkpoint chunks to disk (no resume).")]
-ProgressOpt = Annotated[Optional[bool], typer.Option(
-    "--progress/--no-progress", help="Progress bars on stderr (default: when it is a terminal).",
-    show_default=False)]
-
-
-def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
-                   document_prompt, max_length, device, dtype, batch_size):
-    """The EncoderConfig the encoder options describe (preset first, then the overrides)."""
-    from tp_rag.config import EncoderConfig
-    from tp_rag.presets import preset_config
-
-    overrides = {
-        "model": model, "token_prepending": tp, "tp_start": tp_start, "tp_exit": tp_exit,
-        "output_layer": output_layer, "prompt": prompt, "query_prompt": query_prompt,
-        "document_prompt": document_prompt, "max_length": max_length, "device": device,
-        "dtype": dtype.value if dtype is not None else None, "batch_size": batch_size,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if preset is None and model is not None:
-        return EncoderConfig(**overrides)
-    return preset_config(preset or DEFAULT_PRESET, **overrides)
-
-
-def make_encoder(config):
-    from tp_rag.encoder import Encoder
-
-    quiet_loading()
-    return Encoder(config)
-
-
-def quiet_loading() -> None:
-    """No model-loading progress bars from transformers when stderr is not a terminal (logs,
-    pipes, tests): one error line should stay one line."""
-    import sys
-
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-
-# -- error handling -------------------------------------------------------------------------------
-def fail(message: str, code: int = 1) -> "typer.Exit":
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code)
-
-
-def reports_errors(func):
-    """Expected failures become one line on stderr and a non-zero exit status."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from pydantic import ValidationError
-
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:
-            raise fail("interrupted (rerun the same command to resume from the finished chunks)",
-                       130) from None
-        except ValidationError as err:
-            from tp_rag.index.storage import one_line
-
-            raise fail(f"invalid settings: {one_line(err)}") from None
-        except KeyError as err:
-            raise fail(err.args[0] if err.args else "missing key") from None
-        except (ValueError, TypeError, OSError, RuntimeError, ImportError) as err:
-            raise fail(str(err) or type(err).__name__) from None
-
-    return wrapper
 
 
 # -- embed ----------------------------------------------------------------------------------------
@@ -679,6 +545,11 @@ def _version(value: bool):
 
         typer.echo(f"tp-rag {__version__}")
         raise typer.Exit()
+
+
+# -- serve / embed-corpus (defined in tp_rag.server.cli; their extras load on use) ----------------
+app.command("serve")(serve)
+app.command("embed-corpus")(embed_corpus)
 
 
 @app.callback()

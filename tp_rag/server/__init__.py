@@ -7,11 +7,22 @@
 Needs the ``serve`` extra (fastapi, uvicorn).
 """
 
-from tp_rag.server.app import EmbeddingRequest, SearchRequest, create_app
-from tp_rag.server.batcher import DynamicBatcher, QueueFullError
-from tp_rag.server.errors import APIError
-from tp_rag.server.runner import BackgroundServer, serve_forever
-from tp_rag.server.settings import ServerSettings
+import importlib
+
+# Loaded on first use, so that ``tp_rag.server.cli`` (registered on the main ``tp-rag`` command)
+# imports without the ``serve`` extra installed.
+_EXPORTS = {
+    "EmbeddingRequest": "app", "SearchRequest": "app", "create_app": "app",
+    "DynamicBatcher": "batcher", "QueueFullError": "batcher", "APIError": "errors",
+    "BackgroundServer": "runner", "serve_forever": "runner", "ServerSettings": "settings",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"tp_rag.server.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'tp_rag.server' has no attribute {name!r}")
+
 
 __all__ = [
     "APIError",

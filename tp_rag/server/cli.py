@@ -10,8 +10,6 @@ Also runnable alone: ``python -m tp_rag.server serve --help``.
 
 from __future__ import annotations
 
-import enum
-import functools
 import ipaddress
 import json
 from pathlib import Path
@@ -19,105 +17,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-_ENC = "Encoder"
-_RUN = "Runtime"
+from tp_rag.cli_common import (
+    BatchSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, Kind, MaxLengthOpt, ModelOpt,
+    OutputLayerOpt, PresetOpt, PromptOpt, QueryPromptOpt, TpExitOpt, TpOpt, TpStartOpt,
+    encoder_config, quiet_loading, reports_errors,
+)
+
 _LIM = "Limits"
 _BAT = "Batching"
 _RAY = "Ray"
-
-
-class Dtype(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class InputKind(str, enum.Enum):
-    text = "text"
-    query = "query"
-    document = "document"
-
-
-# -- encoder options (as in ``tp-rag embed``) ------------------------------------------------------
-PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", help="Named configuration (default gemma-3-270m, or none when --model is given).",
-    rich_help_panel=_ENC)]
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Bundled name, local folder, .gguf file or Hugging Face hub id.",
-    rich_help_panel=_ENC)]
-TpOpt = Annotated[Optional[bool], typer.Option(
-    "--tp/--no-tp", help="Token Prepending on (default) or off.", show_default=False,
-    rich_help_panel=_ENC)]
-TpStartOpt = Annotated[Optional[int], typer.Option("--tp-start", min=0, rich_help_panel=_ENC,
-                                                   help="First decoder layer (0-based) with TP.")]
-TpExitOpt = Annotated[Optional[int], typer.Option("--tp-exit", min=1, rich_help_panel=_ENC,
-                                                  help="TP applies before layers tp-start .. tp-exit - 1.")]
-OutputLayerOpt = Annotated[Optional[int], typer.Option(
-    "--output-layer", help="Hidden state used as the embedding (1..L, or -1 = last).",
-    rich_help_panel=_ENC)]
-PromptOpt = Annotated[Optional[str], typer.Option(
-    "--prompt", help="Prompt family or a template containing {text}.", rich_help_panel=_ENC)]
-QueryPromptOpt = Annotated[Optional[str], typer.Option(
-    "--query-prompt", help="Prompt for queries (default: --prompt).", rich_help_panel=_ENC)]
-DocumentPromptOpt = Annotated[Optional[str], typer.Option(
-    "--document-prompt", help="Prompt for documents (default: --prompt).", rich_help_panel=_ENC)]
-MaxLengthOpt = Annotated[Optional[int], typer.Option(
-    "--max-length", min=8, help="Maximum tokens per prompt; longer texts are cut.",
-    rich_help_panel=_ENC)]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_RUN)]
-DtypeOpt = Annotated[Optional[Dtype], typer.Option("--dtype", help="Model precision.",
-                                                   rich_help_panel=_RUN)]
-BatchSizeOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", min=1, help="Texts per forward pass (default 16).", rich_help_panel=_RUN)]
-
-
-def _encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
-                    document_prompt, max_length, device, dtype, batch_size):
-    from tp_rag.config import EncoderConfig
-    from tp_rag.presets import DEFAULT_PRESET, preset_config
-
-    overrides = {
-        "model": model, "token_prepending": tp, "tp_start": tp_start, "tp_exit": tp_exit,
-        "output_layer": output_layer, "prompt": prompt, "query_prompt": query_prompt,
-        "document_prompt": document_prompt, "max_length": max_length, "device": device,
-        "dtype": dtype.value if dtype is not None else None, "batch_size": batch_size,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if preset is None and model is not None:
-        return EncoderConfig(**overrides)
-    return preset_config(preset or DEFAULT_PRESET, **overrides)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code)
-
-
-def _reports_errors(func):
-    """Expected failures: one ``error:`` line on stderr, exit status 1 (130 when interrupted)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from pydantic import ValidationError
-
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:
-            raise _fail("interrupted (rerun the same command to resume)", 130) from None
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            raise _fail(f"invalid settings: {where}: {first.get('msg')}") from None
-        except ImportError as err:
-            raise _fail(f"{err} (install the extra: pip install 'tp-rag[serve]' or "
-                        "'tp-rag[ray]')") from None
-        except (ValueError, TypeError, OSError, RuntimeError, KeyError) as err:
-            raise _fail(str(err) or type(err).__name__) from None
-
-    return wrapper
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,21 +38,22 @@ def _is_loopback(host: str) -> bool:
 
 
 # -- tp-rag serve -----------------------------------------------------------------------------------
-@_reports_errors
+@reports_errors
 def serve(
     index: Annotated[Optional[Path], typer.Option(
         "--index", help="Index folder to serve /v1/search over; without encoder options its "
         "own encoder settings are used.", show_default=False)] = None,
     host: Annotated[str, typer.Option(
         "--host", help="Interface to bind; anything but loopback exposes the server.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535,
+                                      help="Port to listen on (0: any free port).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", envvar="TP_RAG_API_KEY", show_default=False,
         help="Require 'Authorization: Bearer <key>' on /v1/* (or set TP_RAG_API_KEY).")] = None,
     served_model_name: Annotated[Optional[str], typer.Option(
         "--served-model-name", help="The `model` clients pass (default: the model setting).")] = None,
-    input_type: Annotated[InputKind, typer.Option(
-        "--default-input-type", help="Template when a request has no input_type.")] = InputKind.text,
+    input_type: Annotated[Kind, typer.Option(
+        "--default-input-type", help="Template when a request has no input_type.")] = Kind.text,
     max_inputs: Annotated[int, typer.Option("--max-inputs", min=1, rich_help_panel=_LIM,
                                             help="Most texts per request.")] = 256,
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, rich_help_panel=_LIM,
@@ -181,7 +90,7 @@ def serve(
     encoder_options = (preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
                        document_prompt, max_length)
     runtime = dict(device=device, dtype=dtype.value if dtype else None, batch_size=batch_size)
-    _quiet_loading()
+    quiet_loading()
     loaded_index = None
     if index is not None:
         from tp_rag.index import FaissIndex
@@ -192,7 +101,7 @@ def serve(
     else:
         from tp_rag.encoder import Encoder
 
-        encoder = Encoder(_encoder_config(*encoder_options, device, dtype, batch_size))
+        encoder = Encoder(encoder_config(*encoder_options, device, dtype, batch_size))
     app = create_app(encoder, settings, index=loaded_index)
     typer.echo(f"serving {settings.model_name or encoder.config.model} (dim {encoder.dim}) on "
                f"http://{host}:{port}/v1" + (f" with {len(loaded_index)} indexed documents"
@@ -201,7 +110,7 @@ def serve(
 
 
 # -- tp-rag embed-corpus ----------------------------------------------------------------------------
-@_reports_errors
+@reports_errors
 def embed_corpus(
     corpus: Annotated[List[str], typer.Argument(
         help="JSONL or Parquet files, or folders of them (URIs such as s3://... with --ray).",
@@ -228,8 +137,8 @@ def embed_corpus(
                                                help="Documents per encoder call.")] = 64,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1,
                                             help="Documents per shard file.")] = 4096,
-    kind: Annotated[InputKind, typer.Option("--kind", help="Template to embed with.")] = InputKind.document,
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    kind: Annotated[Kind, typer.Option("--kind", help="Template to embed with.")] = Kind.document,
+    text_field: Annotated[str, typer.Option("--text-field", help="Field holding the text.")] = "text",
     id_field: Annotated[Optional[str], typer.Option(
         "--id-field", help="Id field (default: _id, then id).")] = None,
     title_field: Annotated[str, typer.Option(
@@ -246,7 +155,7 @@ def embed_corpus(
     or on a cluster), optionally building a FAISS index folder from them."""
     from tp_rag.distributed import build_index, corpus_paths
 
-    config = _encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
+    config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
                              query_prompt, document_prompt, max_length, device, dtype, batch_size)
     corpus_paths(corpus)  # fail on a bad path before starting Ray or loading a model
     if index is not None and index.exists() and any(index.iterdir()) and not overwrite:
@@ -254,7 +163,7 @@ def embed_corpus(
     common = dict(kind=kind.value, batch_size=rows_per_call, shard_size=shard_size,
                   text_field=text_field, id_field=id_field, title_field=title_field or None,
                   overwrite=overwrite)
-    _quiet_loading()
+    quiet_loading()
     if use_ray:
         from tp_rag.distributed.ray_embed import embed_corpus as run
 
@@ -269,15 +178,6 @@ def embed_corpus(
         built = build_index(output, index, index_type=index_type, overwrite=overwrite)
         summary["index"] = {"path": str(index), "documents": len(built), "type": built.index_type}
     typer.echo(json.dumps(summary, indent=2))
-
-
-def _quiet_loading() -> None:
-    import sys
-
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
 
 
 def make_app() -> typer.Typer:
