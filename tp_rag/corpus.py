@@ -107,38 +107,63 @@ def _read_jsonl(
     file: Path, text_field: str, id_field: Optional[str], title_field: Optional[str]
 ) -> Iterator[Document]:
     for number, row in iter_jsonl(file):
-        where = f"{file}:{number}"
-        if id_field is not None:
-            if id_field not in row:
-                raise ValueError(f"{where}: no {id_field!r} field")
-            doc_id = row[id_field]
-        else:
-            doc_id = row.get("_id", row.get("id", f"{file.stem}-{number}"))
-        if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
-            raise ValueError(f"{where}: id must be a string or integer, got {doc_id!r}")
-        text = row.get(text_field)
-        if not isinstance(text, str):
-            found = ", ".join(sorted(row)) or "none"
-            raise ValueError(
-                f"{where}: no string field {text_field!r} (fields: {found}); "
-                "pick the text field with text_field / --text-field"
-            )
-        title = row.get(title_field) if title_field else None
-        if title is not None and not isinstance(title, str):
-            raise ValueError(f"{where}: {title_field!r} must be a string")
-        if not text.strip() and not (title or "").strip():
-            raise ValueError(f"{where}: document {doc_id!r} has an empty text")
-        used = {text_field, title_field, id_field or "_id", "id" if id_field is None else None}
-        metadata: dict[str, Any] = {}
-        nested = row.get("metadata")
-        if isinstance(nested, dict):
-            metadata.update(nested)
-        for key, value in row.items():
-            if key not in used and key != "metadata":
-                metadata[key] = value
-        if title:
-            metadata["title"] = title
-        yield Document(id=str(doc_id), text=text, metadata=metadata, title=title or None)
+        yield row_to_document(row, text_field=text_field, id_field=id_field,
+                              title_field=title_field, fallback_id=f"{file.stem}-{number}",
+                              where=f"{file}:{number}")
+
+
+def row_to_document(
+    row: dict,
+    *,
+    text_field: str = "text",
+    id_field: Optional[str] = None,
+    title_field: Optional[str] = "title",
+    fallback_id: Optional[str] = None,
+    where: Optional[str] = None,
+) -> Document:
+    """One corpus record as a :class:`Document`: the id from ``id_field``, else ``_id``, else
+    ``id``, else ``fallback_id`` (the file reader passes the line); BEIR's ``metadata`` object and
+    any other fields become metadata; the title also goes to ``metadata["title"]``."""
+    if id_field is not None:
+        if id_field not in row:
+            raise ValueError(f"{where or 'a record'}: no {id_field!r} field")
+        doc_id = row[id_field]
+    else:
+        doc_id = row.get("_id", row.get("id", fallback_id))
+        if doc_id is None:
+            raise ValueError(f"{where or 'a record'}: no '_id' or 'id' field (choose one with "
+                             f"id_field / --id-field): {_short(row)}")
+    where = where or f"record {doc_id!r}"
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
+        raise ValueError(f"{where}: id must be a string or integer, got {doc_id!r}")
+    text = row.get(text_field)
+    if not isinstance(text, str):
+        found = ", ".join(sorted(row)) or "none"
+        raise ValueError(
+            f"{where}: no string field {text_field!r} (fields: {found}); "
+            "pick the text field with text_field / --text-field"
+        )
+    title = row.get(title_field) if title_field else None
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"{where}: {title_field!r} must be a string")
+    if not text.strip() and not (title or "").strip():
+        raise ValueError(f"{where}: document {doc_id!r} has an empty text")
+    used = {text_field, title_field, id_field or "_id", "id" if id_field is None else None}
+    metadata: dict[str, Any] = {}
+    nested = row.get("metadata")
+    if isinstance(nested, dict):
+        metadata.update(nested)
+    for key, value in row.items():
+        if key not in used and key != "metadata":
+            metadata[key] = value
+    if title:
+        metadata["title"] = title
+    return Document(id=str(doc_id), text=text, metadata=metadata, title=title or None)
+
+
+def _short(row: dict) -> str:
+    text = json.dumps(row, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def iter_jsonl(file: Path) -> Iterator[tuple[int, dict]]:

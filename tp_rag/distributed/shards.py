@@ -21,12 +21,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
 from tp_rag.config import EncoderConfig
-from tp_rag.corpus import Document
+from tp_rag.corpus import Document, row_to_document  # noqa: F401  (re-exported)
 from tp_rag.index.compat import differences
 
 PathLike = Union[str, Path]
@@ -252,50 +252,6 @@ def build_index(
         shutil.rmtree(index_dir)
     index.save(index_dir)
     return FaissIndex.load(index_dir)
-
-
-def row_to_document(row: dict, *, text_field: str = "text", id_field: Optional[str] = None,
-                    title_field: Optional[str] = "title") -> Document:
-    """One corpus record as a :class:`Document`, with the rules of
-    :func:`tp_rag.corpus.read_documents` for JSONL (id from ``id_field``, else ``_id``, else
-    ``id``; BEIR's ``metadata`` object and any other fields kept as metadata; the title in
-    ``metadata["title"]``). Unlike the file reader there is no line-number fallback id."""
-    if id_field is not None:
-        if id_field not in row:
-            raise ValueError(f"a record has no {id_field!r} field: {_short(row)}")
-        doc_id = row[id_field]
-    else:
-        doc_id = row.get("_id", row.get("id"))
-        if doc_id is None:
-            raise ValueError(f"a record has no '_id' or 'id' field (choose one with id_field / "
-                             f"--id-field): {_short(row)}")
-    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
-        raise ValueError(f"id must be a string or integer, got {doc_id!r}")
-    text = row.get(text_field)
-    if not isinstance(text, str):
-        raise ValueError(f"record {doc_id!r} has no string field {text_field!r} "
-                         f"(fields: {', '.join(sorted(row))})")
-    title = row.get(title_field) if title_field else None
-    if title is not None and not isinstance(title, str):
-        raise ValueError(f"record {doc_id!r}: {title_field!r} must be a string")
-    if not text.strip() and not (title or "").strip():
-        raise ValueError(f"record {doc_id!r} has an empty text")
-    used = {text_field, title_field, id_field or "_id", "id" if id_field is None else None}
-    metadata: dict = {}
-    nested = row.get("metadata")
-    if isinstance(nested, dict):
-        metadata.update(nested)
-    for key, value in row.items():
-        if key not in used and key != "metadata":
-            metadata[key] = value
-    if title:
-        metadata["title"] = title
-    return Document(id=str(doc_id), text=text, metadata=metadata, title=title or None)
-
-
-def _short(row: dict) -> str:
-    text = json.dumps(row, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 __all__ = ["ShardFolderError", "ShardWriter", "build_index", "shard_table", "table_vectors", "list_shards", "load_embeddings",

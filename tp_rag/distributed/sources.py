@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from tp_rag.corpus import Document
-from tp_rag.distributed.shards import row_to_document
+from tp_rag.corpus import Document, iter_jsonl, row_to_document
 
 PathLike = Union[str, Path]
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -68,14 +66,5 @@ def iter_documents(paths: Sequence[Path], *, text_field: str = "text", id_field:
                 for row in batch.to_pylist():
                     yield row_to_document(row, **fields)
             continue
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected a JSON object")
-                yield row_to_document(row, **fields)
+        for number, row in iter_jsonl(Path(path)):
+            yield row_to_document(row, where=f"{path}:{number}", **fields)
