@@ -163,6 +163,23 @@ def bm25_retrieve(corpus, queries, top_k: int = 100, k1: float = 1.5, b: float =
     return results, settings
 
 
+def fuse_runs(first: dict, second: dict, fusion: str, alpha: float, top_k: int) -> dict:
+    """Fuse two BEIR runs per query with tp-rag's own fusion (tp_rag.hybrid), so the harness
+    scores exactly what ``tp-rag search --mode hybrid`` ranks."""
+    from tp_rag.hybrid import reciprocal_rank_fusion, weighted_fusion
+
+    fused = {}
+    for q in set(first) | set(second):
+        lists = {name: sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+                 for name, run in (("a", first), ("b", second))}
+        if fusion == "rrf":
+            ranked = reciprocal_rank_fusion(lists, limit=top_k)
+        else:
+            ranked = weighted_fusion(lists, {"a": 1.0 - alpha, "b": alpha}, limit=top_k)
+        fused[q] = {f.id: f.score for f in ranked}
+    return fused
+
+
 # -- systems -----------------------------------------------------------------------------------
 def parse_system(spec: str) -> tuple[str, Optional[str]]:
     """``bm25``, ``minilm`` or ``<prompt family>/<vanilla|tp>``."""
@@ -226,8 +243,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--encode-only", action="store_true",
                     help="fill the embedding cache (all queries of the split + corpus), no scoring")
+    ap.add_argument("--hybrid", nargs="*", default=[], metavar="A+B",
+                    help="fused rows over two systems of --systems, e.g. bm25+prompteol/tp: "
+                         "reciprocal rank fusion (k=60) and weighted fusion (--alpha on the "
+                         "second system's min-max normalised scores), as tp-rag search does")
+    ap.add_argument("--alpha", type=float, default=0.5, help="weighted fusion: weight of B")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    for pair in args.hybrid:
+        if pair.count("+") != 1 or any(p not in args.systems for p in pair.split("+")):
+            raise SystemExit(f"--hybrid {pair!r}: name two systems of --systems joined by '+'")
 
     folder = resolve_data(args.data, args.dataset, args.download_dir)
     corpus, queries, qrels = load_beir(folder, args.split)
@@ -251,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[beir] {json.dumps(data_info)}", file=sys.stderr)
     cache = None if args.no_cache else args.cache_dir
 
-    rows = []
+    rows, runs = [], {}
     loaded = None
     for spec in args.systems:
         name, mode = parse_system(spec)
@@ -290,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 store = EmbeddingStore(cache, cache_key(encoder, "document"))
                 settings = {**settings, "cache_key": store.key,
                             "embeddings_provenance": store.provenance()}
+        runs[spec] = results
         metrics = evaluate_results(qrels, results)
         row = {"system": spec if name != "minilm" else MINILM, "settings": settings,
                "seconds": round(time.time() - start, 1), "metrics": metrics}
@@ -297,6 +323,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({row["system"]: {k: metrics[k] for k in
                                           ("NDCG@10", "MAP@100", "Recall@100", "MRR@10")}}),
               flush=True)
+    for pair in args.hybrid:
+        first, second = pair.split("+")
+        for fusion in ("rrf", "weighted"):
+            results = fuse_runs(runs[first], runs[second], fusion, args.alpha, args.top_k)
+            metrics = evaluate_results(qrels, results)
+            spec = f"{pair} ({fusion})"
+            settings = {"fusion": fusion, "rrf_k": 60} if fusion == "rrf" else \
+                {"fusion": fusion, "alpha": args.alpha, "weighted": second}
+            rows.append({"system": spec, "settings": settings, "metrics": metrics})
+            print(json.dumps({spec: {k: metrics[k] for k in
+                                     ("NDCG@10", "MAP@100", "Recall@100", "MRR@10")}}), flush=True)
     if args.out and rows:
         record = run_record("beir", {"top_k": args.top_k, "k_values": K_VALUES,
                                      "score_function": "cos_sim (dense), exact search"},
