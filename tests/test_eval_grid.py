@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from tp_rag.testing import save_tiny_model

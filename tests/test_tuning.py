@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tp_rag import Encoder, preset_config
+from tp_rag import preset_config
 from tp_rag.presets import list_presets, save_preset, user_presets_path
 from tp_rag.testing import tiny_encoder
 from tp_rag.tuning import PairsDevSet, RetrievalDevSet, ndcg, read_beir, read_pairs, sweep

@@ -20,7 +20,7 @@ import numpy as np
 from tp_rag_eval.cache import cached_encode
 from tp_rag_eval.common import (
     check_tokenizer,
-    MINILM, RESULTS_DIR, MiniLMEncoder, default_cache_dir, default_data_root, run_record,
+    MINILM, MiniLMEncoder, default_cache_dir, default_data_root, run_record,
     write_json,
 )
 from tp_rag_eval.sts_data import Pairs, available_tasks, load_task

@@ -6,7 +6,6 @@ Each reader returns :class:`Pairs` (sentence lists and gold scores). STS12-16 co
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
