@@ -74,6 +74,8 @@ def markdown(retrieval: list[dict], sts: list[dict], meta: dict) -> str:
     for r in retrieval:
         out.append(f"| {r['system']} | {describe(r['settings'])} | {r['train_ndcg10']:.2f} | {r['NDCG@10']:.2f} | "
                    f"{r['MAP@100']:.2f} | {r['Recall@100']:.2f} | {r['MRR@10']:.2f} |")
+    if not sts:
+        return "\n".join(out) + "\n"
     out += ["", f"| system (chosen on {STS_TUNE}) | setting | {STS_TUNE} | " + " | ".join(STS_TESTS) + " | avg |",
             "|---|---|---:|" + "---:|" * (len(STS_TESTS) + 1)]
     for r in sts:
