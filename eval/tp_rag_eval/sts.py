@@ -116,25 +116,14 @@ def sweep_choice(sweep_dir: Path, prompt: str) -> dict:
 
 
 def build_systems(args) -> list[tuple[str, dict]]:
+    from tp_rag_eval.beir_eval import encoder_overrides
+
     """(row name, Encoder overrides) for every prompt x mode asked for."""
     systems = []
     modes = ["vanilla", "tp"] if args.mode == "both" else [args.mode]
     for prompt in args.prompt:
-        choice = sweep_choice(args.from_sweep, prompt) if args.from_sweep else None
         for mode in modes:
-            over = dict(prompt=prompt, token_prepending=mode == "tp", preprocess=args.preprocess,
-                        max_length=args.max_length, batch_size=args.batch_size,
-                        device=args.device, dtype=args.dtype, tp_start=args.tp_start)
-            if choice:
-                best = choice[mode]
-                over["output_layer"] = best["output_layer"]
-                if mode == "tp":
-                    over.update(tp_start=best["tp_start"], tp_exit=best["tp_exit"])
-            if mode == "tp" and args.tp_exit is not None:
-                over["tp_exit"] = args.tp_exit
-            layer = args.output_layer if mode == "tp" else args.vanilla_output_layer
-            if layer is not None:
-                over["output_layer"] = layer
+            over = encoder_overrides(prompt, mode, args)
             systems.append((f"{prompt}/{mode}", over))
     return systems
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 
 from tp_rag.config import EncoderConfig
 from tp_rag.distributed.ray_embed import EmbedCorpusResult, Kind
-from tp_rag.distributed.shards import ShardWriter, next_run, prepare_folder, shard_table, write_json, written_ids
+from tp_rag.distributed.shards import ShardWriter, next_run, shard_table, start_folder, write_json
 from tp_rag.distributed.sources import corpus_paths, iter_documents
 
 PathLike = Union[str, Path]
@@ -38,14 +38,8 @@ def embed_corpus_local(
 
     paths = corpus_paths(corpus)
     output_dir = Path(output_dir)
-    manifest = prepare_folder(output_dir, {
-        "format": 1, "encoder": config.model_dump(mode="json"), "dim": None, "kind": kind,
-        "corpus": [str(p) for p in paths], "text_field": text_field, "id_field": id_field,
-        "title_field": title_field, "complete": False,
-    }, overwrite=overwrite)
-    done = written_ids(output_dir)
-    manifest["complete"] = False
-    write_json(output_dir / "embeddings.json", manifest)
+    manifest, done = start_folder(output_dir, config, paths, kind, text_field, id_field,
+                                  title_field, overwrite)
 
     started = time.perf_counter()
     encoder = encoder or Encoder(config)

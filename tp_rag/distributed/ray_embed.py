@@ -29,11 +29,10 @@ from tp_rag.distributed.sources import corpus_paths, is_parquet
 from tp_rag.distributed.shards import (
     ShardWriter,
     next_run,
-    prepare_folder,
     row_to_document,
     shard_table,
+    start_folder,
     write_json,
-    written_ids,
 )
 
 PathLike = Union[str, Path]
@@ -98,14 +97,9 @@ def embed_corpus(
 
     paths = corpus_paths(corpus)
     output_dir = Path(output_dir)
-    manifest = prepare_folder(output_dir, {
-        "format": 1, "encoder": config.model_dump(mode="json"), "dim": None, "kind": kind,
-        "corpus": [str(p) for p in paths], "text_field": text_field, "id_field": id_field,
-        "title_field": title_field, "complete": False,
-    }, overwrite=overwrite)
-    done = frozenset(written_ids(output_dir))
-    manifest["complete"] = False
-    write_json(output_dir / "embeddings.json", manifest)
+    manifest, done = start_folder(output_dir, config, paths, kind, text_field, id_field,
+                                  title_field, overwrite)
+    done = frozenset(done)
 
     _ensure_ray(address)
     started = time.perf_counter()

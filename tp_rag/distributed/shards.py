@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -100,6 +100,22 @@ def list_shards(folder: PathLike) -> list[ShardInfo]:
 def next_run(folder: PathLike) -> int:
     shards = list_shards(folder)
     return shards[-1].run + 1 if shards else 0
+
+
+def start_folder(output_dir: Path, config: EncoderConfig, paths: Sequence, kind: str,
+                 text_field: str, id_field: Optional[str], title_field: Optional[str],
+                 overwrite: bool) -> tuple[dict, set]:
+    """Open (or create) a shard folder for a run: its manifest, marked incomplete until the run
+    ends, and the ids already written by earlier runs."""
+    manifest = prepare_folder(output_dir, {
+        "format": 1, "encoder": config.model_dump(mode="json"), "dim": None, "kind": kind,
+        "corpus": [str(p) for p in paths], "text_field": text_field, "id_field": id_field,
+        "title_field": title_field, "complete": False,
+    }, overwrite=overwrite)
+    done = written_ids(output_dir)
+    manifest["complete"] = False
+    write_json(output_dir / "embeddings.json", manifest)
+    return manifest, done
 
 
 def written_ids(folder: PathLike) -> set:
