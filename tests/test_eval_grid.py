@@ -21,7 +21,8 @@ def grid_run(tmp_path_factory):
     out = root / "out"
     grid.main(["--data", str(DATA), "--out", str(out), "--model", str(model), "--device", "cpu",
                "--max-docs", "60", "--max-queries", "8", "--sts-limit", "30", "--tp-exits", "2", "3",
-               "--prompts", "prompteol", "passage_eol", "--sts-prompts", "prompteol", "--max-length", "96"])
+               "--prompts", "prompteol", "passage_eol", "--sts-prompts", "prompteol", "--max-length", "96",
+               "--cache-dir", str(root / "layers")])
     return out
 
 
@@ -41,6 +42,25 @@ def test_grid_scores_every_layer_and_selects_on_train(grid_run):
     assert cell["scifact_ndcg10"]["train"][chosen["output_layer"] - 1] == best
     for entry in runs.values():
         assert len(entry["run"]) == 8 and all(len(hits) <= 100 for hits in entry["run"].values())
+    assert all(c["seconds_per_doc"] > 0 and c["seconds_per_query"] > 0 for c in cells)
+
+
+def test_grid_rerun_reuses_stored_states(grid_run, tmp_path):
+    layers = grid_run.parent / "layers"
+    # (vanilla, tp 1..2, tp 1..3) x (queries, prompteol docs, passage docs); the query side is
+    # the same for both prompts, so it is stored once per row.
+    assert len(list(layers.glob("*.layers.npy"))) == 3 * 3
+    before = {p: p.stat().st_mtime_ns for p in layers.glob("*.layers.npy")}
+    out = tmp_path / "again"
+    grid.main(["--data", str(DATA), "--out", str(out), "--model", str(grid_run.parent / "tiny"),
+               "--device", "cpu", "--max-docs", "60", "--max-queries", "8", "--sts-limit", "30",
+               "--tp-exits", "2", "3", "--prompts", "prompteol", "--sts-prompts", "knowledge",
+               "--max-length", "96", "--cache-dir", str(layers)])
+    assert {p: p.stat().st_mtime_ns for p in layers.glob("*.layers.npy")} == before
+    first = json.loads((grid_run / "grid.json").read_text())["results"][:3]
+    again = json.loads((out / "grid.json").read_text())["results"]
+    assert [c["scifact_ndcg10"] for c in again] == [c["scifact_ndcg10"] for c in first]
+    assert [c["seconds_per_doc"] for c in again] == [c["seconds_per_doc"] for c in first]
 
 
 def test_report_scores_runs_with_beir(grid_run, tmp_path):
@@ -57,3 +77,35 @@ def test_report_scores_runs_with_beir(grid_run, tmp_path):
     assert rows["prompteol/vanilla"]["NDCG@10"] == pytest.approx(own, abs=0.01)
     assert [r["system"] for r in scores["sts"]] == ["prompteol/vanilla", "prompteol/tp"]
     assert "| prompteol/tp |" in (tmp_path / "t.md").read_text()
+
+
+def test_retrieval_ideas_recombine_stored_states(grid_run, tmp_path):
+    from tp_rag_eval import retrieval_ideas
+
+    retrieval_ideas.main(["--grid", str(grid_run), "--data", str(DATA),
+                          "--cache-dir", str(grid_run.parent / "layers"), "--out", str(tmp_path)])
+    rows = {r["idea"]: r for r in json.loads((tmp_path / "ideas.json").read_text())["results"]}
+    for prompt in ("prompteol", "passage_eol"):
+        for idea in ("vanilla", "tp", "tp docs only", "tp queries only"):
+            assert f"{prompt}/{idea}" in rows
+    assert {"average prompteol+passage_eol docs/vanilla", "average prompteol+passage_eol docs/tp", "bm25"} <= set(rows)
+    # Same selection as the grid job itself: same train score and setting.
+    runs = json.loads((grid_run / "runs.json").read_text())["results"]
+    for name in ("prompteol/vanilla", "prompteol/tp", "passage_eol/tp"):
+        assert rows[name]["train_ndcg10"] == pytest.approx(runs[name]["train_ndcg10"], abs=1e-3)
+        assert rows[name]["setting"].endswith(f"layer {runs[name]['settings']['output_layer']}")
+    hybrids = [r for name, r in rows.items() if name.startswith("bm25 + ")]
+    assert len(hybrids) == 2
+    for r in hybrids:  # the fusion reported is the train optimum over every option tried
+        assert len(r["train_by_option"]) == 10
+        assert r["train_ndcg10"] == pytest.approx(max(r["train_by_option"].values()), abs=1e-3)
+        assert r["ms_per_query"] > rows["bm25"]["ms_per_query"] > 0
+    assert "| bm25 |" in (tmp_path / "IDEAS.md").read_text()
+
+
+def test_retrieval_ideas_refuse_missing_states(grid_run, tmp_path):
+    from tp_rag_eval import retrieval_ideas
+
+    with pytest.raises(SystemExit, match="not in"):
+        retrieval_ideas.main(["--grid", str(grid_run), "--data", str(DATA),
+                              "--cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path)])

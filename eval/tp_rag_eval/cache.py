@@ -176,3 +176,61 @@ def cached_encode(
                     unsaved = 0
                 bar.update(len(part))
     return store.lookup(hashes)
+
+
+def ordered_hash(texts: Sequence[str]) -> str:
+    """Hash of a text list in its order (all-layer states are stored as one array)."""
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(text_hash(t).encode())
+    return digest.hexdigest()
+
+
+def cached_all_layers(
+    encoder,
+    texts: Sequence[str],
+    kind: str = "text",
+    cache_dir: Optional[Path] = None,
+    show_progress: bool = False,
+    only_cached: bool = False,
+) -> tuple[np.ndarray, float]:
+    """``encoder.encode_all_layers(texts, kind=kind)`` through an on-disk store, and the seconds
+    the encoding took (measured when it ran, kept beside the array, so a cost per text can be
+    reported from a cached run). Stored as ``<key>.layers.npy`` (float32, ``(L, n, dim)``) and
+    ``<key>.layers.json``; the key covers the vector settings, the layer recording and the
+    texts in order. Written atomically: a stopped job leaves no half array. ``only_cached``:
+    raise :class:`LookupError` instead of encoding what is not stored."""
+    import time
+
+    texts = list(texts)
+    if cache_dir is None:
+        started = time.perf_counter()
+        states = encoder.encode_all_layers(texts, kind=kind, show_progress=show_progress)
+        return np.asarray(states, dtype=np.float32), time.perf_counter() - started
+    settings = {**vector_settings(encoder, kind), "output_layer": "all", "texts": ordered_hash(texts)}
+    key = settings_key(settings)
+    directory = Path(cache_dir)
+    path, meta_path = directory / f"{key}.layers.npy", directory / f"{key}.layers.json"
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return np.load(path), float(meta["seconds"])
+    if only_cached:
+        raise LookupError(f"no stored {kind} states for these settings in {directory}")
+    started = time.perf_counter()
+    states = np.asarray(encoder.encode_all_layers(texts, kind=kind, show_progress=show_progress),
+                        dtype=np.float32)
+    seconds = time.perf_counter() - started
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=directory)
+    with os.fdopen(fd, "wb") as handle:
+        np.save(handle, states)
+    os.replace(tmp, path)
+    from tp_rag_eval.common import now_utc, versions
+
+    meta = {"settings": settings, "texts": len(texts), "seconds": seconds,
+            "written": now_utc(), "written_by": versions()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, meta_path)  # last: the pair counts as stored only once both are there
+    return states, seconds

@@ -23,7 +23,8 @@ import numpy as np
 
 from tp_rag import Encoder
 from tp_rag.tuning import mean_ndcg, read_beir
-from tp_rag_eval.common import default_data_root, run_record, write_json
+from tp_rag_eval.cache import cached_all_layers
+from tp_rag_eval.common import default_cache_dir, default_data_root, run_record, write_json
 from tp_rag_eval.sts_data import load_task
 
 # Retrieval prompt set: name -> encoder overrides.
@@ -70,12 +71,23 @@ class Retrieval:
         self.queries = [{**train.queries, **test.queries}[q] for q in self.query_ids]
         self.top_k = top_k
 
-    def rank_all_layers(self, encoder: Encoder, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k document indices and scores per layer: (L, queries, k) each."""
-        docs = _unit(encoder.encode_all_layers(self.corpus, kind="document", show_progress=show_progress))
-        queries = _unit(encoder.encode_all_layers(self.queries, kind="query"))
+    def states(self, encoder: Encoder, cache_dir: Optional[Path], show_progress: bool) -> dict:
+        """All-layer states of the queries and the corpus, through the layer store, with the
+        seconds each side took to encode (from the store when cached)."""
+        docs, doc_seconds = cached_all_layers(encoder, self.corpus, "document", cache_dir, show_progress)
+        queries, query_seconds = cached_all_layers(encoder, self.queries, "query", cache_dir)
+        return {"queries": queries, "docs": docs,
+                "seconds_per_doc": doc_seconds / len(self.corpus),
+                "seconds_per_query": query_seconds / len(self.queries)}
+
+    def rank(self, queries: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k document indices and cosine scores of ``(queries, dim)`` over ``(docs, dim)``,
+        or of every layer at once for ``(L, n, dim)`` inputs: ``(L, queries, k)`` each."""
+        if queries.ndim == 2:
+            top, scores = self.rank(queries[None], docs[None])
+            return top[0], scores[0]
         tops, top_scores = [], []
-        for q_layer, d_layer in zip(queries, docs):
+        for q_layer, d_layer in zip(_unit(queries), _unit(docs)):
             scores = q_layer @ d_layer.T
             k = min(self.top_k, scores.shape[1])
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -161,6 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-docs", type=int, default=None, help="SciFact subset (smoke runs)")
     parser.add_argument("--max-queries", type=int, default=None, help="queries per split (smoke runs)")
     parser.add_argument("--sts-limit", type=int, default=None, help="pairs per STS set (smoke runs)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="store of all-layer states (default: <eval cache>/layers); reruns and "
+                             "tp_rag_eval.retrieval_ideas reuse it")
+    parser.add_argument("--no-cache", action="store_true", help="do not store all-layer states")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -172,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     retrieval = Retrieval(data / "beir" / "scifact", max_docs=args.max_docs, max_queries=args.max_queries)
     sts = STS(data, args.sts_limit)
 
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir() / "layers")
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {**base.config.model_dump(), "tp_start": args.tp_start, "tp_exits": args.tp_exits,
                 "prompts": {p: PROMPTS[p] for p in args.prompts}, "max_docs": args.max_docs,
@@ -183,10 +200,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for row in rows_for(args.tp_start, args.tp_exits):
             started = time.time()
             encoder = base.replace(**PROMPTS[prompt], **row)
-            top, top_scores = retrieval.rank_all_layers(encoder, args.progress)
+            states = retrieval.states(encoder, cache_dir, args.progress)
+            top, top_scores = retrieval.rank(states["queries"], states["docs"])
+            del states["queries"], states["docs"]
             cell = {
                 "prompt": prompt,
                 "settings": row,
+                **{k: round(v, 5) for k, v in states.items()},
                 "scifact_ndcg10": {s: [round(retrieval.ndcg10(t, s), 3) for t in top] for s in ("train", "test")},
             }
             if prompt in args.sts_prompts:
