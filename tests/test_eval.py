@@ -157,3 +157,21 @@ def test_check_tokenizer_refuses_character_level():
     check_tokenizer(lambda text, add_special_tokens=False: {"input_ids": text.split()})
     with pytest.raises(SystemExit, match="character-level"):
         check_tokenizer(lambda text, add_special_tokens=False: {"input_ids": list(text)})
+
+
+def test_layers_from_another_prompts_sweep(tmp_path):
+    import argparse
+
+    from tp_rag_eval.beir_eval import encoder_overrides
+
+    best = {"vanilla": {"output_layer": 12}, "tp": {"tp_start": 1, "tp_exit": 5, "output_layer": 17}}
+    (tmp_path / "sweep_stsb_dev_prompteol.json").write_text(json.dumps({"results": {"best": best}}))
+    args = argparse.Namespace(max_length=64, batch_size=8, device="cpu", dtype="float32", preprocess=True,
+                              tp_start=1, from_sweep=tmp_path, tp_exit=None, output_layer=None,
+                              vanilla_output_layer=None, model=None, layers_from="prompteol")
+    tp = encoder_overrides("pretended_cot", "tp", args)
+    assert (tp["prompt"], tp["tp_exit"], tp["output_layer"]) == ("pretended_cot", 5, 17)
+    assert encoder_overrides("knowledge", "vanilla", args)["output_layer"] == 12
+    args.layers_from = None  # without it, each prompt needs its own sweep
+    with pytest.raises(SystemExit, match="sweep_stsb_dev_knowledge.json"):
+        encoder_overrides("knowledge", "vanilla", args)

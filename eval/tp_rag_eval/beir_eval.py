@@ -198,7 +198,8 @@ def encoder_overrides(prompt: str, mode: str, args) -> dict:
     if args.from_sweep:
         from tp_rag_eval.sts import sweep_choice
 
-        best = sweep_choice(args.from_sweep, prompt)[mode]
+        # --layers-from: another prompt's sweep (a family not swept on its own)
+        best = sweep_choice(args.from_sweep, getattr(args, "layers_from", None) or prompt)[mode]
         over["output_layer"] = best["output_layer"]
         if mode == "tp":
             over.update(tp_start=best["tp_start"], tp_exit=best["tp_exit"])

@@ -141,6 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--mode", choices=["vanilla", "tp", "both"], default="both")
     ap.add_argument("--from-sweep", type=Path, default=None,
                     help="folder with sweep_stsb_dev_<prompt>.json: take each mode's layers from it")
+    ap.add_argument("--layers-from", default=None, metavar="PROMPT",
+                    help="with --from-sweep: use this prompt's sweep for every --prompt")
     ap.add_argument("--tp-start", type=int, default=1)
     ap.add_argument("--tp-exit", type=int, default=None)
     ap.add_argument("--output-layer", type=int, default=None, help="TP rows' output layer")
