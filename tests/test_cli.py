@@ -253,3 +253,17 @@ def test_installed_entry_point(built):
                           timeout=120)
     assert done.returncode == 1 and done.stderr.strip().startswith("error: no index folder")
     assert "Traceback" not in done.stderr
+
+
+def test_threads_option_sets_torch_threads(model_args, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = invoke("--threads", 1, "embed", "a short text", *model_args, "--output", tmp_path / "v.npy")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    result = invoke("--threads", 0, "embed", "x", *model_args)
+    assert result.exit_code == 2 and "--threads" in result.output

@@ -556,9 +556,17 @@ app.command("embed-corpus")(embed_corpus)
 def main(
     version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, envvar="TP_RAG_THREADS",
+        help="CPU threads torch may use (default: torch's choice, one per core). On a machine "
+        "busy with other work, fewer threads are often faster.")] = None,
 ):
     """Sentence and passage embeddings from decoder-only LLMs with Token Prepending, and FAISS
     indexes over them."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":  # pragma: no cover
