@@ -175,3 +175,15 @@ def test_layers_from_another_prompts_sweep(tmp_path):
     args.layers_from = None  # without it, each prompt needs its own sweep
     with pytest.raises(SystemExit, match="sweep_stsb_dev_knowledge.json"):
         encoder_overrides("knowledge", "vanilla", args)
+
+
+def test_default_preset_is_the_committed_dev_sweeps_choice():
+    from tp_rag.presets import PRESETS
+    from tp_rag_eval.common import RESULTS_DIR
+
+    sweep = json.loads((RESULTS_DIR / "sweep_stsb_dev_prompteol.json").read_text())
+    best, preset = sweep["results"]["best"]["tp"], PRESETS["gemma-3-270m"]
+    assert sweep["settings"].get("limit") is None  # chosen on the whole dev split
+    assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == ("prompteol", best["tp_start"], best["tp_exit"])
+    depth = len(sweep["results"]["grid"]["vanilla"]["spearman_by_layer"])
+    assert preset["output_layer"] % (depth + 1) == best["output_layer"]  # -1 is the last layer

@@ -12,8 +12,9 @@ from tp_rag.config import BUNDLED_MODEL, EncoderConfig
 # Paper settings (Fu et al., ACL 2025, and the authors' released configs). Layers are chosen on
 # STS-B dev in the paper; output_layer 27 of 32 for LLaMA-2-7B PromptEOL.
 PRESETS: dict[str, dict] = {
+    # Chosen on all 1,500 STS-B dev pairs (eval/results/sweep_stsb_dev_prompteol.md).
     "gemma-3-270m": dict(
-        model=BUNDLED_MODEL, prompt="prompteol", tp_start=1, tp_exit=4, output_layer=-1
+        model=BUNDLED_MODEL, prompt="prompteol", tp_start=1, tp_exit=5, output_layer=-1
     ),
     "llama-2-7b": dict(
         model="meta-llama/Llama-2-7b-hf", prompt="prompteol", tp_start=1, tp_exit=7,

@@ -20,7 +20,7 @@ PASSAGES = {
 
 def test_preset_settings_with_shared_encoder(real_encoder):
     embed_model = TokenPrependingEmbedding(preset="gemma-3-270m", encoder=real_encoder)
-    assert embed_model.tp_exit == 4 and embed_model.model_name == "gemma-3-270m"
+    assert embed_model.tp_exit == 5 and embed_model.model_name == "gemma-3-270m"
     texts = list(PASSAGES.values())[:2]
     np.testing.assert_allclose(
         embed_model.get_text_embedding_batch(texts), real_encoder.encode_documents(texts), atol=1e-5
