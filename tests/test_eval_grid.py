@@ -109,3 +109,56 @@ def test_retrieval_ideas_refuse_missing_states(grid_run, tmp_path):
     with pytest.raises(SystemExit, match="not in"):
         retrieval_ideas.main(["--grid", str(grid_run), "--data", str(DATA),
                               "--cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path)])
+
+
+def _scifact():
+    folder = DATA / "beir" / "scifact"
+    if not folder.is_dir():
+        pytest.skip(f"evaluation data not found at {DATA} (set TP_RAG_DATA)")
+    return folder
+
+
+@pytest.mark.parametrize("agg", ["max", "mean"])
+def test_chunked_documents_score_by_their_chunks(agg):
+    import numpy as np
+
+    plain = grid.Retrieval(_scifact(), max_docs=40, max_queries=4)
+    chunked = grid.Retrieval(_scifact(), max_docs=40, max_queries=4, chunk_words=30, chunk_agg=agg)
+    assert chunked.corpus_ids == plain.corpus_ids and chunked.documents == plain.documents
+    starts = list(chunked.chunk_starts) + [len(chunked.corpus)]
+    assert len(chunked.corpus) > len(plain.corpus) and starts[0] == 0
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(len(chunked.queries), 8)).astype(np.float32)
+    chunks = rng.normal(size=(len(chunked.corpus), 8)).astype(np.float32)
+    top, scores = chunked.rank(queries, chunks)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    cos = unit(queries) @ unit(chunks).T
+    reduce = np.max if agg == "max" else np.mean
+    expected = np.stack([reduce(cos[:, a:b], axis=1) for a, b in zip(starts, starts[1:])], axis=1)
+    assert np.allclose(scores, np.take_along_axis(expected, top, axis=1), atol=1e-5)
+    assert np.array_equal(top[:, 0], expected.argmax(1))
+    for text in chunked.corpus[: starts[1]]:  # the first document's chunks carry its title
+        assert text.startswith(plain.documents[0][:20])
+
+
+def test_document_view_without_title():
+    plain = grid.Retrieval(_scifact(), max_docs=20, max_queries=2)
+    bare = grid.Retrieval(_scifact(), max_docs=20, max_queries=2, title=False)
+    assert len(bare.corpus) == len(plain.corpus)
+    assert all(p.endswith(b[-30:]) and len(b) < len(p) for p, b in zip(plain.corpus, bare.corpus) if b)
+
+
+def test_retrieval_ideas_refuse_grids_of_different_views(grid_run, tmp_path):
+    from tp_rag_eval import retrieval_ideas
+
+    other = tmp_path / "other"
+    other.mkdir()
+    record = json.loads((grid_run / "grid.json").read_text())
+    record["settings"]["chunk_words"] = 50
+    (other / "grid.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="chunk_words"):
+        retrieval_ideas.main(["--grid", str(grid_run), str(other), "--data", str(DATA),
+                              "--cache-dir", str(grid_run.parent / "layers"), "--out", str(tmp_path)])
+    del record["settings"]["chunk_words"], record["settings"]["title"]  # an older grid: defaults
+    (other / "grid.json").write_text(json.dumps(record))
+    assert retrieval_ideas.Ideas([grid_run, other], DATA, grid_run.parent / "layers").records

@@ -14,6 +14,7 @@ are kept in the grid for transparency, never for choosing.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tp_rag import Encoder
+from tp_rag.corpus import join_title
 from tp_rag.tuning import mean_ndcg, read_beir
 from tp_rag_eval.cache import cached_all_layers
 from tp_rag_eval.common import default_cache_dir, default_data_root, run_record, write_json
@@ -48,11 +50,28 @@ def _spearman(a: np.ndarray, b: np.ndarray, gold: Sequence[float]) -> float:
     return float(100 * spearmanr((a * b).sum(-1), gold).statistic)
 
 
+def _titles_and_texts(folder: Path) -> dict[str, tuple[str, str]]:
+    out = {}
+    with open(folder / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                out[str(row["_id"])] = ((row.get("title") or "").strip(), row.get("text") or "")
+    return out
+
+
 class Retrieval:
-    """SciFact train + test queries over one corpus, ranked at every layer."""
+    """SciFact train + test queries over one corpus, ranked at every layer.
+
+    Document views (what the dense side embeds): ``"title. text"`` cut to the encoder's
+    ``max_length`` (default); ``title=False``: the text alone; ``chunk_words=N``: each document
+    split into chunks of N words (each embedded as ``"title. chunk"``), a document scoring the
+    max or the mean (``chunk_agg``) of its chunks' scores.
+    """
 
     def __init__(self, folder: Path, max_docs: Optional[int] = None, max_queries: Optional[int] = None,
-                 top_k: int = 100):
+                 top_k: int = 100, title: bool = True, chunk_words: Optional[int] = None,
+                 chunk_agg: str = "max"):
         train, test = read_beir(folder, "train"), read_beir(folder, "test")
         if max_queries is not None:  # smoke runs: the first queries of each split
             for split in (train, test):
@@ -66,6 +85,25 @@ class Retrieval:
             test.corpus = {d: t for d, t in test.corpus.items() if d in keep}
         self.corpus_ids = list(test.corpus)
         self.corpus = [test.corpus[d] for d in self.corpus_ids]
+        self.documents = list(self.corpus)  # whole "title. text" (what BM25 indexes), one per id
+        self.chunk_starts: Optional[np.ndarray] = None  # first chunk of each document
+        self.chunk_agg = chunk_agg
+        if chunk_agg not in ("max", "mean"):
+            raise ValueError(f"chunk_agg must be max or mean, got {chunk_agg!r}")
+        if not title or chunk_words is not None:
+            raw = _titles_and_texts(folder)
+            texts, starts = [], []
+            for d in self.corpus_ids:
+                head, body = raw[d]
+                words = body.split() or [""]
+                step = chunk_words or len(words)
+                starts.append(len(texts))
+                for i in range(0, len(words), step):
+                    part = " ".join(words[i:i + step])
+                    texts.append(join_title(head, part) if title else part or head)
+            self.corpus = texts
+            if chunk_words is not None:
+                self.chunk_starts = np.asarray(starts)
         self.splits = {"train": train, "test": test}
         self.query_ids = list(dict.fromkeys([*train.queries, *test.queries]))
         self.queries = [{**train.queries, **test.queries}[q] for q in self.query_ids]
@@ -77,7 +115,7 @@ class Retrieval:
         docs, doc_seconds = cached_all_layers(encoder, self.corpus, "document", cache_dir, show_progress)
         queries, query_seconds = cached_all_layers(encoder, self.queries, "query", cache_dir)
         return {"queries": queries, "docs": docs,
-                "seconds_per_doc": doc_seconds / len(self.corpus),
+                "seconds_per_doc": doc_seconds / len(self.corpus_ids),  # chunks included
                 "seconds_per_query": query_seconds / len(self.queries)}
 
     def rank(self, queries: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +127,12 @@ class Retrieval:
         tops, top_scores = [], []
         for q_layer, d_layer in zip(_unit(queries), _unit(docs)):
             scores = q_layer @ d_layer.T
+            if self.chunk_starts is not None:  # chunk scores -> document scores
+                if self.chunk_agg == "max":
+                    scores = np.maximum.reduceat(scores, self.chunk_starts, axis=1)
+                else:
+                    counts = np.diff(np.append(self.chunk_starts, scores.shape[1]))
+                    scores = np.add.reduceat(scores, self.chunk_starts, axis=1) / counts
             k = min(self.top_k, scores.shape[1])
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
@@ -172,6 +216,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tp-exits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8, 10])
     parser.add_argument("--max-docs", type=int, default=None, help="SciFact subset (smoke runs)")
     parser.add_argument("--max-queries", type=int, default=None, help="queries per split (smoke runs)")
+    parser.add_argument("--no-title", action="store_true", help="documents without their title")
+    parser.add_argument("--chunk-words", type=int, default=None,
+                        help="split documents into chunks of N words; a document scores its best chunk")
+    parser.add_argument("--chunk-agg", choices=["max", "mean"], default="max")
     parser.add_argument("--sts-limit", type=int, default=None, help="pairs per STS set (smoke runs)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="store of all-layer states (default: <eval cache>/layers); reruns and "
@@ -181,11 +229,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     data = args.data or default_data_root()
-    overrides = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length)
+    # TP off in the base: every row sets its own range (the preset's may not fit --model).
+    overrides = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
+                     token_prepending=False)
     if args.model:
         overrides["model"] = args.model
     base = Encoder.from_preset(args.preset, **overrides)
-    retrieval = Retrieval(data / "beir" / "scifact", max_docs=args.max_docs, max_queries=args.max_queries)
+    retrieval = Retrieval(data / "beir" / "scifact", max_docs=args.max_docs, max_queries=args.max_queries,
+                          title=not args.no_title, chunk_words=args.chunk_words, chunk_agg=args.chunk_agg)
     sts = STS(data, args.sts_limit)
 
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir() / "layers")
@@ -193,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = {**base.config.model_dump(), "tp_start": args.tp_start, "tp_exits": args.tp_exits,
                 "prompts": {p: PROMPTS[p] for p in args.prompts}, "max_docs": args.max_docs,
                 "max_queries": args.max_queries, "sts_limit": args.sts_limit,
-                "corpus_size": len(retrieval.corpus)}
+                "corpus_size": len(retrieval.corpus_ids), "passages": len(retrieval.corpus),
+                "title": not args.no_title, "chunk_words": args.chunk_words, "chunk_agg": args.chunk_agg}
     grid, selected_runs = [], {}
     for prompt in args.prompts:
         prompt_cells, prompt_runs = [], []

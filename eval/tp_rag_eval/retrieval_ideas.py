@@ -41,7 +41,8 @@ from tp_rag_eval.grid import PROMPTS, Retrieval, _unit
 
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 10)]
 RRF_K = 60
-SAME_DATA = ("model", "dtype", "max_length", "max_docs", "max_queries", "tp_start")
+SAME_DATA = ("model", "dtype", "max_length", "max_docs", "max_queries", "tp_start", "title", "chunk_words",
+             "chunk_agg")
 
 
 @dataclass
@@ -63,6 +64,13 @@ class Choice:
     extra: dict = field(default_factory=dict)
 
 
+VIEW_DEFAULTS = {"title": True, "chunk_words": None, "chunk_agg": "max"}  # grids that predate views
+
+
+def _setting(settings: dict, key: str):
+    return settings.get(key, VIEW_DEFAULTS.get(key))
+
+
 def describe_row(row: dict) -> str:
     return f"TP {row['tp_start']}..{row['tp_exit']}" if row.get("token_prepending") else "vanilla"
 
@@ -73,13 +81,16 @@ class Ideas:
         first = self.records[0]["settings"]
         for record in self.records[1:]:
             for key in SAME_DATA:
-                if record["settings"].get(key) != first.get(key):
-                    raise SystemExit(f"grids differ in {key!r}: {record['settings'].get(key)!r} "
-                                     f"vs {first.get(key)!r}; ideas compare like with like only")
+                mine, theirs = _setting(record["settings"], key), _setting(first, key)
+                if mine != theirs:
+                    raise SystemExit(f"grids differ in {key!r}: {mine!r} vs {theirs!r}; "
+                                     "ideas compare like with like only")
         fields = set(EncoderConfig.model_fields)
         self.base = Encoder(EncoderConfig(**{k: v for k, v in first.items() if k in fields}))
         self.retrieval = Retrieval(data / "beir" / "scifact", max_docs=first["max_docs"],
-                                   max_queries=first["max_queries"])
+                                   max_queries=first["max_queries"], title=_setting(first, "title"),
+                                   chunk_words=_setting(first, "chunk_words"),
+                                   chunk_agg=_setting(first, "chunk_agg"))
         self.cache_dir = cache_dir
         self.train_rows = np.array([q in self.retrieval.splits["train"].qrels for q in self.retrieval.query_ids])
         # prompt -> row label -> (row settings, query side, doc side)
@@ -88,18 +99,19 @@ class Ideas:
             for cell in record["results"]:
                 self._load(cell["prompt"], cell["settings"])
 
-    def _side(self, encoder: Encoder, texts: list[str], kind: str) -> Side:
+    def _side(self, encoder: Encoder, texts: list[str], kind: str, per: int) -> Side:
+        """``per``: how many items the cost is spread over (documents, not chunks)."""
         try:
             states, seconds = cached_all_layers(encoder, texts, kind, self.cache_dir, only_cached=True)
         except LookupError:
             raise SystemExit(f"{kind} states of {encoder.config.templates(kind)} are not in {self.cache_dir}: "
                              "run tp_rag_eval.grid with the same settings (and --cache-dir) first")
-        return Side(_unit(states), seconds / len(texts))
+        return Side(_unit(states), seconds / per)
 
     def _load(self, prompt: str, row: dict) -> None:
         encoder = self.base.replace(**PROMPTS[prompt], **row)
-        queries = self._side(encoder, self.retrieval.queries, "query")
-        docs = self._side(encoder, self.retrieval.corpus, "document")
+        queries = self._side(encoder, self.retrieval.queries, "query", len(self.retrieval.queries))
+        docs = self._side(encoder, self.retrieval.corpus, "document", len(self.retrieval.corpus_ids))
         self.rows.setdefault(prompt, {})[describe_row(row)] = (row, queries, docs)
 
     # -- selection on train -----------------------------------------------------------------
@@ -151,7 +163,7 @@ class Ideas:
 
     # -- hybrid -------------------------------------------------------------------------------
     def bm25(self) -> tuple[dict[str, list[tuple[str, float]]], float]:
-        index = BM25Index(self.retrieval.corpus_ids, self.retrieval.corpus)
+        index = BM25Index(self.retrieval.corpus_ids, self.retrieval.documents)
         started = time.perf_counter()
         lists = {q: index.search(text, self.retrieval.top_k)
                  for q, text in zip(self.retrieval.query_ids, self.retrieval.queries)}
