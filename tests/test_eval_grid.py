@@ -162,3 +162,20 @@ def test_retrieval_ideas_refuse_grids_of_different_views(grid_run, tmp_path):
     del record["settings"]["chunk_words"], record["settings"]["title"]  # an older grid: defaults
     (other / "grid.json").write_text(json.dumps(record))
     assert retrieval_ideas.Ideas([grid_run, other], DATA, grid_run.parent / "layers").records
+
+
+def test_grid_without_vanilla_rows(grid_run, tmp_path):
+    from tp_rag_eval import retrieval_ideas
+
+    layers = grid_run.parent / "layers"
+    grid.main(["--data", str(DATA), "--out", str(tmp_path), "--model", str(grid_run.parent / "tiny"),
+               "--device", "cpu", "--max-docs", "60", "--max-queries", "8", "--sts-limit", "30",
+               "--tp-exits", "3", "--no-vanilla", "--prompts", "prompteol", "--sts-prompts", "knowledge",
+               "--max-length", "96", "--cache-dir", str(layers)])
+    cells = json.loads((tmp_path / "grid.json").read_text())["results"]
+    assert [c["settings"]["tp_exit"] for c in cells] == [3]
+    assert set(json.loads((tmp_path / "runs.json").read_text())["results"]) == {"prompteol/tp"}
+    retrieval_ideas.main(["--grid", str(tmp_path), "--data", str(DATA), "--cache-dir", str(layers),
+                          "--out", str(tmp_path / "ideas")])
+    rows = json.loads((tmp_path / "ideas" / "ideas.json").read_text())["results"]
+    assert [r["idea"] for r in rows][:1] == ["prompteol/tp"]

@@ -180,8 +180,8 @@ class STS:
         return out
 
 
-def rows_for(tp_start: int, tp_exits: Sequence[int]) -> list[dict]:
-    return [{"token_prepending": False}] + [
+def rows_for(tp_start: int, tp_exits: Sequence[int], vanilla: bool = True) -> list[dict]:
+    return [{"token_prepending": False}] * vanilla + [
         {"token_prepending": True, "tp_start": tp_start, "tp_exit": e} for e in tp_exits
     ]
 
@@ -213,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sts-prompts", nargs="+", default=["prompteol", "pretended_cot", "knowledge"],
                         choices=list(PROMPTS), help="prompts also scored on STS")
     parser.add_argument("--tp-start", type=int, default=1)
-    parser.add_argument("--tp-exits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8, 10])
+    parser.add_argument("--tp-exits", type=int, nargs="*", default=[2, 3, 4, 5, 6, 8, 10])
+    parser.add_argument("--no-vanilla", action="store_true", help="TP rows only")
     parser.add_argument("--max-docs", type=int, default=None, help="SciFact subset (smoke runs)")
     parser.add_argument("--max-queries", type=int, default=None, help="queries per split (smoke runs)")
     parser.add_argument("--no-title", action="store_true", help="documents without their title")
@@ -249,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid, selected_runs = [], {}
     for prompt in args.prompts:
         prompt_cells, prompt_runs = [], []
-        for row in rows_for(args.tp_start, args.tp_exits):
+        for row in rows_for(args.tp_start, args.tp_exits, not args.no_vanilla):
             started = time.time()
             encoder = base.replace(**PROMPTS[prompt], **row)
             states = retrieval.states(encoder, cache_dir, args.progress)
@@ -274,6 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # Written after every row, so an interrupted job keeps what it finished.
             write_json(args.out / "grid.json", run_record("layer-grid", settings, grid + prompt_cells))
         for tp in (False, True):
+            if not any(c["settings"]["token_prepending"] == tp for c in prompt_cells):
+                continue  # --no-vanilla, or no TP exits
             r, k = best_cell(prompt_cells, "scifact_ndcg10", "train", tp)
             top, top_scores = prompt_runs[r]
             run = retrieval.run(top[k], top_scores[k], "test")

@@ -136,8 +136,10 @@ class Ideas:
 
     def prompt_ideas(self, prompt: str) -> list[Choice]:
         rows = self.rows[prompt]
-        vanilla_q, vanilla_d = rows["vanilla"][1:]
         tp = {label: sides[1:] for label, sides in rows.items() if label != "vanilla"}
+        if "vanilla" not in rows or not tp:  # a grid run with --no-vanilla or without TP rows
+            return [self.choose(f"{prompt}/{'tp' if tp else 'vanilla'}", tp or {"vanilla": rows["vanilla"][1:]})]
+        vanilla_q, vanilla_d = rows["vanilla"][1:]
         return [
             self.choose(f"{prompt}/vanilla", {"vanilla": (vanilla_q, vanilla_d)}),
             self.choose(f"{prompt}/tp", tp),
@@ -236,8 +238,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for b in prompts[i + 1:]:
             choices += ideas.average_ideas(a, b)
     plain = [c for c in choices if c.name.split("/")[0] in ideas.rows and c.name.split("/")[1] in ("vanilla", "tp")]
-    best_vanilla = max((c for c in plain if c.name.endswith("/vanilla")), key=lambda c: c.train_ndcg10)
-    best_tp = max((c for c in plain if c.name.endswith("/tp")), key=lambda c: c.train_ndcg10)
     bm25_lists, bm25_seconds = ideas.bm25()
     test_qrels = ideas.retrieval.splits["test"].qrels
     bm25_run = {q: dict(hits) for q, hits in bm25_lists.items() if q in test_qrels}
@@ -245,11 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  ideas.retrieval.splits["train"].qrels, 10)
     choices.append(Choice("bm25", "bm25s, Snowball stems (tp_rag.hybrid)", round(bm25_train, 3), bm25_run,
                           bm25_seconds, 0.0))
-    choices += [ideas.hybrid(best_vanilla, bm25_lists, bm25_seconds), ideas.hybrid(best_tp, bm25_lists, bm25_seconds)]
+    for kind in ("/vanilla", "/tp"):  # the train-best dense configuration of each kind, fused
+        candidates = [c for c in plain if c.name.endswith(kind)]
+        if candidates:
+            choices.append(ideas.hybrid(max(candidates, key=lambda c: c.train_ndcg10), bm25_lists, bm25_seconds))
 
     rows = score(choices, test_qrels)
     settings = {"grids": [str(g) for g in args.grid], "grid_settings": [r["settings"] for r in ideas.records],
-                "alphas": ALPHAS, "rrf_k": RRF_K, "corpus_size": len(ideas.retrieval.corpus),
+                "alphas": ALPHAS, "rrf_k": RRF_K, "corpus_size": len(ideas.retrieval.corpus_ids), "passages": len(ideas.retrieval.corpus),
                 "train_queries": int(ideas.train_rows.sum()), "test_queries": len(test_qrels)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "ideas.json", run_record("retrieval-ideas", settings, rows))
