@@ -10,8 +10,8 @@ queries with BEIR's metrics. Ideas:
 * ``average <a>+<b>``: the unit vectors of two document templates averaged (MetaEOL-style), at
   the same TP row and layer;
 * ``bm25`` and ``bm25 + <dense>``: tp-rag's own BM25 and fusion (``tp_rag.hybrid``, as
-  ``tp-rag search --mode hybrid`` ranks), weighted fusion over alpha 0.1..0.9 or RRF (k = 60),
-  over the best vanilla and the best TP configuration.
+  ``tp-rag search --mode hybrid`` ranks), weighted fusion over alpha 0.05..0.9 or RRF (k = 60),
+  over the train-best dense idea without TP and the train-best one with TP.
 
 Cost per query / per document is the encoding time the grid measured (its device and dtype);
 hybrid rows add the measured BM25 time per query.
@@ -39,7 +39,7 @@ from tp_rag_eval.cache import cached_all_layers
 from tp_rag_eval.common import default_cache_dir, default_data_root, run_record, write_json
 from tp_rag_eval.grid import PROMPTS, Retrieval, _unit
 
-ALPHAS = [round(0.1 * i, 1) for i in range(1, 10)]
+ALPHAS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 RRF_K = 60
 SAME_DATA = ("model", "dtype", "max_length", "max_docs", "max_queries", "tp_start", "title", "chunk_words",
              "chunk_agg")
@@ -237,7 +237,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for i, a in enumerate(prompts):
         for b in prompts[i + 1:]:
             choices += ideas.average_ideas(a, b)
-    plain = [c for c in choices if c.name.split("/")[0] in ideas.rows and c.name.split("/")[1] in ("vanilla", "tp")]
     bm25_lists, bm25_seconds = ideas.bm25()
     test_qrels = ideas.retrieval.splits["test"].qrels
     bm25_run = {q: dict(hits) for q, hits in bm25_lists.items() if q in test_qrels}
@@ -245,8 +244,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  ideas.retrieval.splits["train"].qrels, 10)
     choices.append(Choice("bm25", "bm25s, Snowball stems (tp_rag.hybrid)", round(bm25_train, 3), bm25_run,
                           bm25_seconds, 0.0))
-    for kind in ("/vanilla", "/tp"):  # the train-best dense configuration of each kind, fused
-        candidates = [c for c in plain if c.name.endswith(kind)]
+    # Fused with BM25: the train-best dense idea without TP and the train-best one with TP
+    # (any of the TP ideas above, one-sided and averaged included).
+    dense = [c for c in choices if c.name != "bm25"]
+    for uses_tp in (False, True):
+        candidates = [c for c in dense if ("tp" in c.name.split("/")[-1]) == uses_tp]
         if candidates:
             choices.append(ideas.hybrid(max(candidates, key=lambda c: c.train_ndcg10), bm25_lists, bm25_seconds))
 
