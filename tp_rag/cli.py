@@ -14,6 +14,8 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
+from tp_rag import hybrid
+
 from tp_rag.cli_common import (
     BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
     MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt, PresetOpt, ProgressOpt, PromptOpt,
@@ -302,12 +304,12 @@ def search(
     fusion: Annotated[Fusion, typer.Option(
         "--fusion", help="How --mode hybrid combines the two lists: rrf (reciprocal rank "
         "fusion, sum of 1/(rrf-k + rank)) or weighted (alpha * dense + (1 - alpha) * bm25 "
-        "after min-max normalising each list).", case_sensitive=False)] = Fusion.rrf,
+        "after min-max normalising each list).", case_sensitive=False)] = Fusion(hybrid.DEFAULT_FUSION),
     alpha: Annotated[float, typer.Option(
         "--alpha", min=0.0, max=1.0, help="Weight of the dense side in --fusion weighted "
-        "(1: dense only, 0: BM25 only).")] = 0.5,
+        "(1: dense only, 0: BM25 only).")] = hybrid.DEFAULT_ALPHA,
     rrf_k: Annotated[int, typer.Option(
-        "--rrf-k", min=1, help="The constant k of reciprocal rank fusion.")] = 60,
+        "--rrf-k", min=1, help="The constant k of reciprocal rank fusion.")] = hybrid.DEFAULT_RRF_K,
     candidates: Annotated[Optional[int], typer.Option(
         "--candidates", min=1, help="Candidates each side contributes to a hybrid search "
         "(default: max(top-k, 100)).")] = None,
