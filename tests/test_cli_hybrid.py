@@ -40,11 +40,12 @@ def test_hybrid_table(built, index):
                     "--width", "100")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "query: Mount Everest height  [mode hybrid, fusion rrf, rrf_k 60]"
+    # The default fusion: weighted, alpha 0.25 (chosen on SciFact train).
+    assert lines[0] == "query: Mount Everest height  [mode hybrid, fusion weighted, alpha 0.25]"
     assert lines[1].split() == ["#", "score", "id", "text"]
     expected = index.search("Mount Everest height", k=3, mode="hybrid")
     rows = [line.split()[:3] for line in lines[3:]]
-    assert rows == [[str(h.rank), f"{h.score:.4f}", h.id] for h in expected]
+    assert rows == [[str(h.rank), f"{h.score:.3f}", h.id] for h in expected]
     assert expected[0].id == "geo-002"  # the Everest passage: first on BM25, so first fused
 
 

@@ -125,6 +125,29 @@ def test_query_and_document_templates():
     np.testing.assert_allclose(d, plain.encode(TEXTS[:2]), atol=1e-6)
 
 
+def test_token_prepending_on_one_side_only():
+    side = tiny_encoder("llama", query_token_prepending=False)  # TP for documents (and texts)
+    tp, vanilla = tiny_encoder("llama"), tiny_encoder("llama", token_prepending=False)
+    np.testing.assert_allclose(side.encode_documents(TEXTS), tp.encode_documents(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(side.encode(TEXTS), tp.encode(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(side.encode_queries(TEXTS), vanilla.encode_queries(TEXTS), atol=1e-6)
+    assert not np.allclose(side.encode_queries(TEXTS), tp.encode_queries(TEXTS), atol=1e-4)
+    assert "queries: off" in repr(side)
+    # The other way round, from a vanilla base: TP only where a side asks for it.
+    docs_only = tiny_encoder("llama", token_prepending=False, document_token_prepending=True)
+    np.testing.assert_allclose(docs_only.encode_documents(TEXTS), tp.encode_documents(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(docs_only.encode(TEXTS), vanilla.encode(TEXTS), atol=1e-6)
+    assert docs_only.config.uses_tp and not vanilla.config.uses_tp
+
+
+def test_one_sided_tp_still_checks_the_tp_range():
+    with pytest.raises(ValidationError, match="tp_start"):
+        EncoderConfig(token_prepending=False, document_token_prepending=True, tp_start=3, tp_exit=3)
+    EncoderConfig(token_prepending=False, tp_start=3, tp_exit=3)  # no TP anywhere: range unused
+    with pytest.raises(ValueError, match="exceeds the model's depth"):
+        tiny_encoder("llama", token_prepending=False, query_token_prepending=True, tp_exit=9)
+
+
 def test_metaeol_averages_its_eight_templates():
     meta = tiny_encoder("llama", prompt="metaeol", normalize=False)
     singles = [tiny_encoder("llama", prompt=t, normalize=False).encode(TEXTS[:3]) for t in METAEOL]

@@ -187,3 +187,21 @@ def test_default_preset_is_the_committed_dev_sweeps_choice():
     assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == ("prompteol", best["tp_start"], best["tp_exit"])
     depth = len(sweep["results"]["grid"]["vanilla"]["spearman_by_layer"])
     assert preset["output_layer"] % (depth + 1) == best["output_layer"]  # -1 is the last layer
+
+
+def test_retrieval_preset_is_the_committed_train_choice():
+    """gemma-3-270m-retrieval is the dense idea with the best SciFact *train* nDCG@10."""
+    import re
+
+    from tp_rag.presets import PRESETS
+    from tp_rag_eval.common import RESULTS_DIR
+
+    record = json.loads((RESULTS_DIR / "grid_scifact" / "ideas.json").read_text())
+    dense = [r for r in record["results"] if not r["idea"].startswith("bm25")]
+    best = max(dense, key=lambda r: r["train_ndcg10"])
+    assert best["idea"] == "passage_eol/tp docs only"
+    tp_exit, layer = map(int, re.fullmatch(r"TP 1\.\.(\d+) docs, layer (\d+)", best["setting"]).groups())
+    preset = PRESETS["gemma-3-270m-retrieval"]
+    assert (preset["tp_start"], preset["tp_exit"], preset["output_layer"]) == (1, tp_exit, layer)
+    assert preset["document_prompt"] == "passage_eol" and preset["query_token_prepending"] is False
+    assert preset["max_length"] == record["settings"]["grid_settings"][0]["max_length"]

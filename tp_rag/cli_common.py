@@ -37,7 +37,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model: bundled name, local folder, .gguf file or Hugging Face hub id "
     "(overrides the preset's model).", rich_help_panel=_ENC)]
 TpOpt = Annotated[Optional[bool], typer.Option(
-    "--tp/--no-tp", help="Token Prepending on (default) or off (vanilla prompt embeddings).",
+    "--tp/--no-tp", help="Token Prepending on (default) or off (vanilla prompt embeddings), for "
+    "queries and documents alike (a preset may set TP per side).",
     show_default=False, rich_help_panel=_ENC)]
 TpStartOpt = Annotated[Optional[int], typer.Option(
     "--tp-start", min=0, help="First decoder layer (0-based) with Token Prepending.",
@@ -98,6 +99,8 @@ def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, q
         "dtype": dtype.value if dtype is not None else None, "batch_size": batch_size,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if tp is not None:  # --tp/--no-tp means every kind of text, whatever sides the preset sets
+        overrides.update(query_token_prepending=None, document_token_prepending=None)
     if preset is None and model is not None:
         return EncoderConfig(**overrides)
     return preset_config(preset or DEFAULT_PRESET, **overrides)

@@ -36,6 +36,10 @@ class EncoderConfig(BaseModel):
     query_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for queries.")
     document_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for documents.")
     token_prepending: bool = Field(True, description="Use Token Prepending (False: vanilla).")
+    query_token_prepending: Optional[bool] = Field(
+        None, description="TP for queries; None: as token_prepending.")
+    document_token_prepending: Optional[bool] = Field(
+        None, description="TP for documents; None: as token_prepending.")
     tp_start: int = Field(1, ge=0, description="First decoder layer (0-based) with TP.")
     tp_exit: int = Field(7, ge=1, description="TP applies before layers tp_start..tp_exit-1.")
     output_layer: int = Field(-1, description="Hidden state taken as the embedding (-1 = last).")
@@ -60,9 +64,19 @@ class EncoderConfig(BaseModel):
             resolve_templates(value)
         return value
 
+    def tp_for(self, kind: Literal["query", "document", "text"] = "text") -> bool:
+        """Whether ``kind`` texts get Token Prepending (queries and documents can differ)."""
+        side = {"query": self.query_token_prepending, "document": self.document_token_prepending}.get(kind)
+        return self.token_prepending if side is None else side
+
+    @property
+    def uses_tp(self) -> bool:
+        """TP on for any kind of text (what needs the TP range and the placeholder vector)."""
+        return any(self.tp_for(kind) for kind in ("text", "query", "document"))
+
     @model_validator(mode="after")
     def _check_layers(self):
-        if self.token_prepending and self.tp_start >= self.tp_exit:
+        if self.uses_tp and self.tp_start >= self.tp_exit:
             raise ValueError(
                 f"tp_start ({self.tp_start}) must be smaller than tp_exit ({self.tp_exit})"
             )

@@ -72,7 +72,7 @@ class Encoder:
                 f"output_layer {cfg.output_layer} is out of range for a model with {depth} "
                 f"layers (use 1..{depth} or -1..-{depth})"
             )
-        if cfg.token_prepending and cfg.tp_exit > depth:
+        if cfg.uses_tp and cfg.tp_exit > depth:
             raise ValueError(
                 f"TP range {cfg.tp_start}..{cfg.tp_exit} exceeds the model's depth of {depth} "
                 "layers (tp_exit must be at most the number of layers)"
@@ -80,7 +80,7 @@ class Encoder:
         return layer
 
     def _pst_vector(self) -> Optional[torch.Tensor]:
-        if not self.config.token_prepending:
+        if not self.config.uses_tp:
             return None
         cache = self._loaded.pst_vectors  # shared by encoders over the same loaded model
         if self.config.pst_init not in cache:
@@ -115,7 +115,11 @@ class Encoder:
 
     def __repr__(self) -> str:
         cfg = self.config
-        tp = f"tp={cfg.tp_start}..{cfg.tp_exit}" if cfg.token_prepending else "tp=off"
+        tp = f"tp={cfg.tp_start}..{cfg.tp_exit}" if cfg.uses_tp else "tp=off"
+        sides = {"query": "queries", "document": "documents"}
+        differ = [k for k in sides if cfg.tp_for(k) != cfg.token_prepending]
+        if differ:
+            tp += " (" + ", ".join(f"{sides[k]}: {'on' if cfg.tp_for(k) else 'off'}" for k in differ) + ")"
         return (
             f"Encoder(model={cfg.model!r}, prompt={cfg.prompt!r}, {tp}, "
             f"output_layer={self.output_layer}/{self.num_layers}, dim={self.dim})"
@@ -180,7 +184,7 @@ class Encoder:
         n_batches = -(-len(rows) // size)
         show = n_batches > AUTO_PROGRESS_BATCHES if show_progress is None else show_progress
         cfg = self.config
-        tp_range = (cfg.tp_start, cfg.tp_exit) if cfg.token_prepending else None
+        tp_range = (cfg.tp_start, cfg.tp_exit) if cfg.tp_for(kind) else None
 
         shape = (self.num_layers, len(texts), self.dim) if all_layers else (len(texts), self.dim)
         total = torch.zeros(shape, dtype=torch.float64)
@@ -202,7 +206,7 @@ class Encoder:
             raise ValueError(f"kind must be 'text', 'query' or 'document', got {kind!r}")
         if kind not in self._templates:
             self._templates[kind] = [
-                render_template(self.tokenizer, t, self.config.token_prepending)
+                render_template(self.tokenizer, t, self.config.tp_for(kind))
                 for t in self.config.templates(kind)
             ]
         return self._templates[kind]

@@ -16,6 +16,12 @@ PRESETS: dict[str, dict] = {
     "gemma-3-270m": dict(
         model=BUNDLED_MODEL, prompt="prompteol", tp_start=1, tp_exit=5, output_layer=-1
     ),
+    # Chosen on SciFact qrels/train.tsv (eval/results/grid_scifact/IDEAS.md): "This passage"
+    # template and TP for documents only, PromptEOL queries without TP, layer 17 of 18.
+    "gemma-3-270m-retrieval": dict(
+        model=BUNDLED_MODEL, prompt="prompteol", document_prompt="passage_eol",
+        query_token_prepending=False, tp_start=1, tp_exit=4, output_layer=17, max_length=256,
+    ),
     "llama-2-7b": dict(
         model="meta-llama/Llama-2-7b-hf", prompt="prompteol", tp_start=1, tp_exit=7,
         output_layer=27, preprocess=True,

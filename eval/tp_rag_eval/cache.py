@@ -45,14 +45,14 @@ def vector_settings(encoder, kind: str = "text") -> dict[str, Any]:
         "cache_format": CACHE_FORMAT,
         "model": cfg.model,
         "templates": cfg.templates(kind),
-        "token_prepending": cfg.token_prepending,
+        "token_prepending": cfg.tp_for(kind),  # per kind: queries and documents can differ
         "output_layer": encoder.output_layer,  # resolved, so -1 and 18 share a store
         "preprocess": cfg.preprocess,
         "max_length": cfg.max_length,
         "dtype": cfg.dtype,
         "normalize": cfg.normalize,
     }
-    if cfg.token_prepending:
+    if cfg.tp_for(kind):
         settings.update(tp_start=cfg.tp_start, tp_exit=cfg.tp_exit, pst_init=cfg.pst_init)
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is not None:

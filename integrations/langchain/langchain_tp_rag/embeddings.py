@@ -51,6 +51,9 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
     query_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for queries.")
     document_prompt: Optional[PromptSpec] = Field(None, description="Template(s) for documents.")
     token_prepending: Optional[bool] = None
+    query_token_prepending: Optional[bool] = Field(None, description="TP for queries (None: as token_prepending).")
+    document_token_prepending: Optional[bool] = Field(
+        None, description="TP for documents (None: as token_prepending).")
     tp_start: Optional[int] = None
     tp_exit: Optional[int] = None
     output_layer: Optional[int] = None

@@ -45,7 +45,8 @@ def test_same_ids_and_scores_as_the_index(index, options):
 
 def test_hybrid_is_the_default_and_finds_the_keyword(index):
     retriever = TokenPrependingRetriever(index)
-    assert (retriever.similarity_top_k, retriever.mode, retriever.fusion) == (2, "hybrid", "rrf")
+    assert (retriever.similarity_top_k, retriever.mode, retriever.fusion, retriever.alpha) == (
+        2, "hybrid", "weighted", 0.25)
     assert retriever.retrieve("guitar")[0].node.node_id == "guitar"
 
 

@@ -45,8 +45,8 @@ def test_same_ids_and_scores_as_the_index(index, options):
 
 def test_hybrid_is_the_default_and_finds_the_keyword(index):
     retriever = TokenPrependingRetriever(index=index)
-    assert (retriever.k, retriever.mode, retriever.fusion, retriever.alpha) == (4, "hybrid", "rrf",
-                                                                                0.5)
+    assert (retriever.k, retriever.mode, retriever.fusion, retriever.alpha) == (4, "hybrid", "weighted",
+                                                                                0.25)
     assert retriever.invoke("guitar")[0].id == "guitar"
 
 

@@ -19,6 +19,8 @@ ENCODER_SETTINGS: tuple[str, ...] = (
     "query_prompt",
     "document_prompt",
     "token_prepending",
+    "query_token_prepending",
+    "document_token_prepending",
     "tp_start",
     "tp_exit",
     "output_layer",
@@ -70,6 +72,10 @@ class TokenPrependingEmbedding(BaseEmbedding):
         default=None, description="Template(s) for texts/documents."
     )
     token_prepending: Optional[bool] = Field(default=None, description="Use Token Prepending.")
+    query_token_prepending: Optional[bool] = Field(
+        default=None, description="TP for queries (None: as token_prepending).")
+    document_token_prepending: Optional[bool] = Field(
+        default=None, description="TP for documents (None: as token_prepending).")
     tp_start: Optional[int] = Field(default=None, description="First decoder layer with TP.")
     tp_exit: Optional[int] = Field(default=None, description="TP before layers tp_start..tp_exit-1.")
     output_layer: Optional[int] = Field(default=None, description="Layer taken (-1 = last).")
