@@ -267,3 +267,26 @@ def test_threads_option_sets_torch_threads(model_args, tmp_path):
         torch.set_num_threads(before)
     result = invoke("--threads", 0, "embed", "x", *model_args)
     assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_one_sided_tp_in_info_and_no_tp_clears_sides(model_dir, tmp_path, monkeypatch):
+    from tp_rag import Encoder, EncoderConfig
+    from tp_rag.cli_common import encoder_config
+
+    config = EncoderConfig(model=str(model_dir), tp_exit=3, device="cpu", query_token_prepending=False)
+    folder = tmp_path / "idx"
+    FaissIndex.from_corpus(CORPUS, Encoder(config)).save(folder)
+    result = invoke("info", folder)
+    assert "token prepending  layers 1..3 (documents only)" in result.stdout, result.stdout
+    hits = invoke("search", folder, "highest mountain", "-k", "2", "--json")
+    assert hits.exit_code == 0, hits.output
+    # --no-tp turns TP off for every kind, whatever sides a preset sets.
+    presets = tmp_path / "presets.json"
+    presets.write_text(json.dumps({"sides": {"model": str(model_dir), "tp_exit": 3, "document_token_prepending": True,
+                                             "token_prepending": False}}))
+    monkeypatch.setenv("TP_RAG_PRESETS", str(presets))
+    args = dict(model=None, tp_start=None, tp_exit=None, output_layer=None, prompt=None, query_prompt=None,
+                document_prompt=None, max_length=None, device=None, dtype=None, batch_size=None)
+    assert encoder_config("sides", tp=None, **args).tp_for("document") is True
+    off = encoder_config("sides", tp=False, **args)
+    assert not off.uses_tp

@@ -504,8 +504,11 @@ def info(
         typer.echo(json.dumps(manifest.model_dump(mode="json"), indent=2))
         return
     enc = manifest.encoder
-    tp = (f"layers {enc.get('tp_start')}..{enc.get('tp_exit')}" if enc.get("token_prepending", True)
-          else "off")
+    sides = {side: enc.get(f"{side}_token_prepending") for side in ("query", "document")}
+    sides = {side: enc.get("token_prepending", True) if on is None else on for side, on in sides.items()}
+    tp = (f"layers {enc.get('tp_start')}..{enc.get('tp_exit')}" if any(sides.values()) else "off")
+    if any(sides.values()) and not all(sides.values()):
+        tp += " (" + ("documents" if sides["document"] else "queries") + " only)"
     params = ", ".join(f"{k}={v}" for k, v in manifest.search_params.items() if v is not None)
     prompts = enc.get("prompt")
     if enc.get("query_prompt") or enc.get("document_prompt"):
