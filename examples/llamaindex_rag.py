@@ -73,7 +73,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
     parser.add_argument("-k", type=int, default=3, help="passages to retrieve (default 3)")
-    parser.add_argument("--preset", default="gemma-3-270m", help="tp-rag preset")
+    parser.add_argument("--preset", default="gemma-3-270m-retrieval", help="tp-rag preset")
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="BEIR-style corpus.jsonl")
     parser.add_argument("--chunk-size", type=int, default=64, help="tokens per chunk")
     parser.add_argument("--chunk-overlap", type=int, default=8, help="tokens of overlap")
