@@ -1,41 +1,51 @@
 #!/usr/bin/env bash
-# The whole Gemma 3 270M evaluation, most important first; every step writes its own result
-# file, so a run that is stopped keeps what it finished. Run from the repository root:
+# Every full Gemma 3 270M result in eval/results, in the order they were made; each step writes
+# its own files, and the grid's all-layer states are stored (~/.cache/tp-rag/eval/layers), so a
+# stopped run resumes. Run from the repository root:
 #   bash eval/scripts/run_suite.sh
-# Environment: DATA (default ../shared/data), RESULTS (eval/results), BEIR_CACHE (embedding
-# cache for the SciFact corpus; default ~/.cache/tp-rag/eval), BS / DOC_BS (batch sizes),
-# PY (python). Needs a transformers whose GGUF conversion keeps Gemma 3's BPE merges (5.24 does,
-# 5.17 builds a character-level tokenizer; the harness refuses that). On a GPU the suite takes
-# minutes; on a 2-core CPU, many hours (SciFact: ~45 min
-# per configuration).
-set -u
-DATA=${DATA:-../shared/data}
-RES=${RESULTS:-eval/results}
-BS=${BS:-128}
-DOC_BS=${DOC_BS:-32}
+# Environment: TP_RAG_DATA (default ../shared/data), PY (python). On the 2-core CPU this took
+# about 3 hours (SciFact: 10-12 min per full-corpus pass in bfloat16); on a GPU, minutes.
+# Needs transformers >= 5.24 (5.17 converts the bundled GGUF with a character-level tokenizer;
+# the harness refuses that).
+set -euo pipefail
 PY=${PY:-python}
-EXITS=${EXITS:-"2 3 4 5 6 7 8 9 10"}
-CACHE_ARG=()
-[ -n "${BEIR_CACHE:-}" ] && CACHE_ARG=(--cache-dir "$BEIR_CACHE")
-STS_TASKS=(STSB-test SICK-R-test STS12)
+R=eval/results
 step() { echo "=== $(date -u +%H:%M:%S) $*" >&2; }
 
-for prompt in prompteol pretended_cot; do
-  step "sweep $prompt"
-  $PY -m tp_rag_eval.sweep --data "$DATA" --prompt $prompt --tp-exits $EXITS --batch-size $BS --out-dir "$RES"
-  step "sts $prompt"
-  $PY -m tp_rag_eval.sts --data "$DATA" --prompt $prompt --mode both --from-sweep "$RES" \
-      --tasks "${STS_TASKS[@]}" --batch-size $BS --out "$RES/sts_$prompt.json"
-  step "scifact corpus $prompt"
-  $PY -m tp_rag_eval.beir_eval --data "$DATA/beir/scifact" --split test --encode-only \
-      --systems $prompt/vanilla $prompt/tp --from-sweep "$RES" --batch-size $DOC_BS "${CACHE_ARG[@]}"
-done
+step "STS-B dev layer sweep (sets the gemma-3-270m preset)"
+$PY -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 --batch-size 64 --out-dir $R
 
-# MetaEOL averages 8 templates (8x the cost): vanilla and the TP range PromptEOL chose on dev.
-best=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['results']['best']['tp']['tp_exit'])" "$RES/sweep_stsb_dev_prompteol.json")
-step "sweep metaeol (tp_exit $best)"
-$PY -m tp_rag_eval.sweep --data "$DATA" --prompt metaeol --tp-exits $best --batch-size $BS --out-dir "$RES"
-step "sts metaeol"
-$PY -m tp_rag_eval.sts --data "$DATA" --prompt metaeol --mode both --from-sweep "$RES" \
-    --tasks "${STS_TASKS[@]}" --batch-size $BS --out "$RES/sts_metaeol.json"
+step "STS test sets"
+$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --batch-size 64 --out $R/sts_prompteol.json
+$PY -m tp_rag_eval.sts --prompt pretended_cot knowledge --mode both --from-sweep $R --layers-from prompteol \
+    --dtype bfloat16 --batch-size 64 --tasks STSB-test --out $R/sts_pretended_cot_knowledge_stsb_test_bf16.json
+$PY -m tp_rag_eval.sts --prompt metaeol --mode both --from-sweep $R --layers-from prompteol \
+    --dtype bfloat16 --batch-size 64 --tasks STSB-test --out $R/sts_metaeol_stsb_test_bf16.json
+$PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS12 --out $R/sts_minilm.json
+
+step "SciFact: full-corpus layer grids (choices on qrels/train.tsv) and the ideas table"
+G=$R/grid_scifact
+$PY -m tp_rag_eval.grid --out $G/passage_eol --dtype bfloat16 --max-length 256 --prompts passage_eol \
+    --sts-prompts knowledge --tp-exits 3 4 5 --batch-size 32
+$PY -m tp_rag_eval.grid --out $G/prompteol --dtype bfloat16 --max-length 256 --prompts prompteol \
+    --sts-prompts knowledge --tp-exits 4 --batch-size 32
+for g in passage_eol prompteol; do $PY -m tp_rag_eval.grid_report --grid $G/$g --out $G/$g/README.md; done
+$PY -m tp_rag_eval.retrieval_ideas --grid $G/passage_eol $G/prompteol --out $G
+$PY -m tp_rag_eval.beir_eval --data "${TP_RAG_DATA:-../shared/data}/beir/scifact" --split test \
+    --systems bm25 minilm --out $R/beir_scifact_test_reference.json
+
+step "SciFact document views (subset: 300 queries per split, 1,000 documents)"
+E=$($PY -c "import json; print(json.load(open('$G/passage_eol/runs.json'))['results']['passage_eol/tp']['settings']['tp_exit'])")
+V=$R/grid_scifact_views
+COMMON=(--dtype bfloat16 --max-docs 1000 --max-queries 300 --prompts passage_eol --sts-prompts knowledge
+        --no-vanilla --tp-exits "$E" --batch-size 32 --max-length 256)
+view() { out=$1; shift; $PY -m tp_rag_eval.grid --out $V/$out "${COMMON[@]}" "$@";
+         $PY -m tp_rag_eval.grid_report --grid $V/$out --out $V/$out/README.md; }
+view title_256
+view no_title_256 --no-title
+view chunk150_max --chunk-words 150 --chunk-agg max
+view chunk150_mean --chunk-words 150 --chunk-agg mean
+
+step "tables"
+$PY -m tp_rag_eval.report > $R/TABLES.md
 step done
