@@ -101,6 +101,10 @@ def test_retrieval_ideas_recombine_stored_states(grid_run, tmp_path):
         assert r["train_ndcg10"] == pytest.approx(max(r["train_by_option"].values()), abs=1e-3)
         assert r["ms_per_query"] > rows["bm25"]["ms_per_query"] > 0
     assert "| bm25 |" in (tmp_path / "IDEAS.md").read_text()
+    from tp_rag_eval.report import ideas_lines
+
+    rendered = "\n".join(ideas_lines([tmp_path / "ideas.json"]))
+    assert "| prompteol/tp docs only |" in rendered and "8 test queries" in rendered
 
 
 def test_retrieval_ideas_refuse_missing_states(grid_run, tmp_path):

@@ -81,6 +81,18 @@ def sweep_lines(files: Sequence[Path]) -> list[str]:
     return out
 
 
+def ideas_lines(files: Sequence[Path]) -> list[str]:
+    from tp_rag_eval.retrieval_ideas import markdown
+
+    out = []
+    for path in files:
+        rec = json.loads(path.read_text())
+        out += [f"**{path.parent.name}/{path.name}** ({rec['settings']['test_queries']} test queries, "
+                f"{rec['settings']['corpus_size']} documents; {rec['date']})", "", f"`{rec['command']}`", "",
+                markdown(rec["results"]), ""]
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tp_rag_eval.report", description=__doc__)
     ap.add_argument("--results", type=Path, default=Path("eval/results"))
@@ -93,6 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines += sts_tables(sorted(res.glob("sts_*.json")))
     lines += ["## BEIR retrieval", ""]
     lines += beir_tables(sorted(res.glob("beir_*.json")))
+    lines += ["## Retrieval ideas (settings chosen on train, scored on test)", ""]
+    lines += ideas_lines(sorted(res.glob("**/ideas.json")))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
