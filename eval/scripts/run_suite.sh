@@ -20,7 +20,10 @@ $PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --batch-si
 $PY -m tp_rag_eval.sts --prompt pretended_cot knowledge --mode both --from-sweep $R --layers-from prompteol \
     --dtype bfloat16 --batch-size 64 --tasks STSB-test --out $R/sts_pretended_cot_knowledge_stsb_test_bf16.json
 $PY -m tp_rag_eval.sts --prompt metaeol --mode both --from-sweep $R --layers-from prompteol \
-    --dtype bfloat16 --batch-size 64 --tasks STSB-test --out $R/sts_metaeol_stsb_test_bf16.json
+    --dtype bfloat16 --batch-size 64 --tasks STSB-test --limit 300 --out $R/sts_metaeol_stsb_test300_bf16.json
+$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --dtype bfloat16 --batch-size 64 \
+    --tasks STSB-test --limit 300 --out $R/sts_prompteol_stsb_test300_bf16.json
+$PY -m tp_rag_eval.sts --only-minilm --tasks STSB-test --limit 300 --out $R/sts_minilm_stsb_test300.json
 $PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS12 --out $R/sts_minilm.json
 
 step "SciFact: full-corpus layer grids (choices on qrels/train.tsv) and the ideas table"
@@ -45,6 +48,12 @@ view title_256
 view no_title_256 --no-title
 view chunk150_max --chunk-words 150 --chunk-agg max
 view chunk150_mean --chunk-words 150 --chunk-agg mean
+
+step "tp-rag tune, as documented in the README"
+mkdir -p $R/tune
+TP_RAG_PRESETS=$R/tune/presets.json tp-rag tune --pairs "${TP_RAG_DATA:-../shared/data}/senteval/STS/STSBenchmark/sts-dev.csv" \
+    --limit 500 --tp-exits 4,5,6 --dtype bfloat16 --save-preset gemma-3-270m-tuned \
+    --heatmap $R/tune/tune_stsb_dev500_bf16.png --json $R/tune/tune_stsb_dev500_bf16.json > $R/tune/tune_stsb_dev500_bf16.txt
 
 step "tables"
 $PY -m tp_rag_eval.report > $R/TABLES.md
