@@ -290,3 +290,21 @@ def test_one_sided_tp_in_info_and_no_tp_clears_sides(model_dir, tmp_path, monkey
     assert encoder_config("sides", tp=None, **args).tp_for("document") is True
     off = encoder_config("sides", tp=False, **args)
     assert not off.uses_tp
+
+
+def test_build_and_add_with_split_words(model_args, tmp_path):
+    folder = tmp_path / "idx"
+    result = invoke("index", "build", CORPUS, folder, "--no-checkpoint", "--split-words", "12", *model_args)
+    assert result.exit_code == 0, result.output
+    index = FaissIndex.load(folder)
+    parents = {m["parent_id"] for m in index.metadatas}
+    n_docs = sum(1 for line in CORPUS.read_text().splitlines() if line.strip())
+    assert len(parents) == n_docs < len(index)  # every document kept, long ones split
+    assert all(len(t.split()) <= 12 for t in index.texts)
+    split = [(i, m) for i, m in zip(index.ids, index.metadatas) if "#" in i]
+    assert split and all(i.startswith(m["parent_id"] + "#") for i, m in split)
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"_id": "new-1", "title": "T", "text": " ".join(["word"] * 30)}) + "\n")
+    result = invoke("index", "add", folder, more, "--no-checkpoint", "--split-words", "12")
+    assert result.exit_code == 0, result.output
+    assert {"new-1#0", "new-1#1", "new-1#2"} <= set(FaissIndex.load(folder).ids)

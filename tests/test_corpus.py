@@ -101,3 +101,20 @@ def test_documents_from_texts():
         documents_from_texts(["a"], ids=["x", "y"])
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         documents_from_texts(["a", 3])
+
+
+def test_split_documents_into_word_passages():
+    from tp_rag.corpus import Document, split_documents
+
+    long = Document("d1", " ".join(f"w{i}" for i in range(25)), {"topic": "x"}, title="Title")
+    short = Document("d2", "only five words in here", {}, None)
+    out = list(split_documents([long, short], 10))
+    assert [d.id for d in out] == ["d1#0", "d1#1", "d1#2", "d2"]
+    assert [len(d.text.split()) for d in out] == [10, 10, 5, 5]
+    assert " ".join(d.text for d in out[:3]) == long.text  # nothing lost, nothing repeated
+    assert all(d.title == "Title" and d.metadata["topic"] == "x" and d.metadata["parent_id"] == "d1" for d in out[:3])
+    assert [d.metadata["chunk"] for d in out] == [0, 1, 2, 0] and out[3].metadata["parent_id"] == "d2"
+    assert out[1].embedding_text.startswith("Title. w10 ")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            list(split_documents([short], bad))

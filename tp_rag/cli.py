@@ -17,7 +17,7 @@ import typer
 from tp_rag import hybrid
 
 from tp_rag.cli_common import (
-    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
+    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, SplitWordsOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
     MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt, PresetOpt, ProgressOpt, PromptOpt,
     QueryPromptOpt, TextFieldOpt, TitleFieldOpt, TpExitOpt, TpOpt, TpStartOpt, WorkDirOpt,
     encoder_config, fail, make_encoder, quiet_loading, reports_errors,
@@ -174,6 +174,7 @@ def index_build(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = None,
     title_field: TitleFieldOpt = "title",
+    split_words: SplitWordsOpt = None,
     chunk_size: ChunkSizeOpt = 1024,
     work_dir: WorkDirOpt = None,
     no_checkpoint: NoCheckpointOpt = False,
@@ -188,15 +189,15 @@ def index_build(
 
     Example: tp-rag index build examples/data/corpus.jsonl my-index --index-type hnsw
     """
-    from tp_rag.corpus import read_documents
+    from tp_rag.corpus import read_documents, split_documents
     from tp_rag.index import FaissIndex, check_documents
     from tp_rag.index.storage import MANIFEST
 
     if (index_dir / MANIFEST).exists() and not overwrite:
         raise fail(f"{index_dir} already holds an index; use --overwrite to replace it or "
                    "'tp-rag index add' to add documents")
-    docs = check_documents(read_documents(corpus, text_field=text_field, id_field=id_field,
-                                          title_field=title_field or None))
+    docs = read_documents(corpus, text_field=text_field, id_field=id_field, title_field=title_field or None)
+    docs = check_documents(split_documents(docs, split_words) if split_words else docs)
     if not docs:
         raise fail(f"the corpus is empty: {corpus} holds no documents")
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
@@ -221,6 +222,7 @@ def index_add(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = None,
     title_field: TitleFieldOpt = "title",
+    split_words: SplitWordsOpt = None,
     chunk_size: ChunkSizeOpt = 1024,
     work_dir: WorkDirOpt = None,
     no_checkpoint: NoCheckpointOpt = False,
@@ -231,14 +233,15 @@ def index_add(
 
     Example: tp-rag index add my-index more.jsonl
     """
-    from tp_rag.corpus import read_documents
+    from tp_rag.corpus import read_documents, split_documents
     from tp_rag.index import FaissIndex, check_documents
 
     quiet_loading()
     index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
                             dtype=dtype.value if dtype else None)
-    docs = check_documents(read_documents(corpus, text_field=text_field, id_field=id_field,
-                                          title_field=title_field or None), existing=set(index.ids))
+    docs = read_documents(corpus, text_field=text_field, id_field=id_field, title_field=title_field or None)
+    docs = check_documents(split_documents(docs, split_words) if split_words else docs,
+                           existing=set(index.ids))
     added = index.add_documents(docs, chunk_size=chunk_size,
                                 checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint),
                                 show_progress=progress)

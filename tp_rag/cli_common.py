@@ -76,6 +76,10 @@ TitleFieldOpt = Annotated[str, typer.Option(
     "--title-field", help="JSONL field holding a title, embedded as 'title. text' (empty: none).")]
 ChunkSizeOpt = Annotated[int, typer.Option(
     "--chunk-size", min=1, help="Documents per embedding chunk (one checkpoint file each).")]
+SplitWordsOpt = Annotated[Optional[int], typer.Option(
+    "--split-words", min=1, help="Split documents longer than N words into passages of N words "
+    "(ids ID#0, ID#1, ...; metadata parent_id and chunk), each embedded with its title. On "
+    "SciFact, 150-word passages beat whole abstracts cut to 256 tokens.")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option(
     "--work-dir", help="Folder for the embedding checkpoints that let an interrupted run resume "
     "(default: the tp-rag cache folder). Removed after success.")]

@@ -12,7 +12,7 @@ import numpy as np
 
 from tp_rag import hybrid
 from tp_rag.config import EncoderConfig
-from tp_rag.corpus import Document, documents_from_texts, join_title, read_documents
+from tp_rag.corpus import Document, documents_from_texts, join_title, read_documents, split_documents
 from tp_rag.index import factory as fx
 from tp_rag.index.chunks import DEFAULT_CHUNK_SIZE, ChunkedEmbeddings, default_checkpoint_dir
 from tp_rag.index.compat import EncoderMismatchError, check_compatible, matching_preset
@@ -136,11 +136,16 @@ class FaissIndex:
         text_field: str = "text",
         id_field: Optional[str] = None,
         title_field: Optional[str] = "title",
+        split_words: Optional[int] = None,
         **kwargs,
     ) -> "FaissIndex":
         """Build from a BEIR ``corpus.jsonl``, a JSONL with a text field, a folder of
-        ``.txt``/``.md`` files or a text file (see :func:`tp_rag.corpus.read_documents`)."""
+        ``.txt``/``.md`` files or a text file (see :func:`tp_rag.corpus.read_documents`).
+        ``split_words``: split longer documents into passages of that many words
+        (:func:`tp_rag.corpus.split_documents`)."""
         docs = read_documents(path, text_field=text_field, id_field=id_field, title_field=title_field)
+        if split_words is not None:
+            docs = split_documents(docs, split_words)
         return cls.build(docs, encoder, index_type, **kwargs)
 
     @classmethod
