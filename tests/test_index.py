@@ -365,6 +365,20 @@ def test_build_from_beir_corpus_joins_title_and_text(encoder, tmp_path):
     assert index.faiss_index.reconstruct(int(index.fid_of("a"))) == pytest.approx(expected[0], abs=1e-5)
 
 
+def test_from_corpus_splits_long_documents(encoder, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"_id": "a", "title": "Cats", "text": "They sleep a lot and then they eat."},
+            {"_id": "b", "text": "Paris."}]
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    index = FaissIndex.from_corpus(corpus, encoder, checkpoint_dir=None, split_words=4)
+    assert index.ids == ["a#0", "a#1", "b"]  # 8 words -> two passages of 4; "b" fits
+    assert index.get("a#1").text == "and then they eat."
+    assert index.get("a#1").metadata == {"title": "Cats", "parent_id": "a", "chunk": 1}
+    assert index.get("b").metadata == {"parent_id": "b", "chunk": 0}
+    expected = encoder.encode_documents(["Cats. They sleep a lot"])  # each passage keeps the title
+    assert index.faiss_index.reconstruct(int(index.fid_of("a#0"))) == pytest.approx(expected[0], abs=1e-5)
+
+
 def test_search_parameters(encoder):
     index = build(encoder, "ivfpq", nprobe=1)
     assert index.search_params["nprobe"] == 1
