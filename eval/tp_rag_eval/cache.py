@@ -15,13 +15,26 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 CACHE_FORMAT = 1
 SAVE_EVERY = 256  # texts between writes of the store (resumability of long jobs)
+
+
+def _write_atomically(target: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(handle)`` into a temporary file beside ``target``, then rename it over ``target``:
+    a stopped job leaves the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def text_hash(text: str) -> str:
@@ -111,10 +124,8 @@ class EmbeddingStore:
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}-", suffix=".npz", dir=self.directory)
-        os.close(fd)
-        np.savez(tmp, hashes=np.array(self.hashes, dtype="S64"), vectors=self.vectors)
-        os.replace(tmp, self.path)
+        _write_atomically(self.path, lambda handle: np.savez(
+            handle, hashes=np.array(self.hashes, dtype="S64"), vectors=self.vectors))
         if self.settings is not None:
             from tp_rag_eval.common import now_utc, versions
 
@@ -221,16 +232,11 @@ def cached_all_layers(
                         dtype=np.float32)
     seconds = time.perf_counter() - started
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=directory)
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, states)
-    os.replace(tmp, path)
+    _write_atomically(path, lambda handle: np.save(handle, states))
     from tp_rag_eval.common import now_utc, versions
 
     meta = {"settings": settings, "texts": len(texts), "seconds": seconds,
             "written": now_utc(), "written_by": versions()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, meta_path)  # last: the pair counts as stored only once both are there
+    # Last: the pair counts as stored only once both are there.
+    _write_atomically(meta_path, lambda handle: handle.write((json.dumps(meta, indent=1) + "\n").encode()))
     return states, seconds
