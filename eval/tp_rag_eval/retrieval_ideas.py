@@ -62,6 +62,7 @@ class Choice:
     seconds_per_query: float
     seconds_per_doc: float
     extra: dict = field(default_factory=dict)
+    uses_tp: bool = False  # TP on either side (what the hybrid rows pick the best of)
 
 
 VIEW_DEFAULTS = {"title": True, "chunk_words": None, "chunk_agg": "max"}  # grids that predate views
@@ -92,7 +93,6 @@ class Ideas:
                                    chunk_words=_setting(first, "chunk_words"),
                                    chunk_agg=_setting(first, "chunk_agg"))
         self.cache_dir = cache_dir
-        self.train_rows = np.array([q in self.retrieval.splits["train"].qrels for q in self.retrieval.query_ids])
         # prompt -> row label -> (row settings, query side, doc side)
         self.rows: dict[str, dict[str, tuple[dict, Side, Side]]] = {}
         for record in self.records:
@@ -132,7 +132,8 @@ class Ideas:
         top, top_scores = self.retrieval.rank(q.states[k], d.states[k])
         return Choice(name, f"{label}, layer {k + 1}", round(score, 3),
                       self.retrieval.run(top, top_scores, "test"), q.seconds_per_text, d.seconds_per_text,
-                      {"label": label, "layer": k + 1, "top": top, "scores": top_scores})
+                      {"label": label, "layer": k + 1, "top": top, "scores": top_scores},
+                      uses_tp=label != "vanilla")
 
     def prompt_ideas(self, prompt: str) -> list[Choice]:
         rows = self.rows[prompt]
@@ -248,14 +249,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # (any of the TP ideas above, one-sided and averaged included).
     dense = [c for c in choices if c.name != "bm25"]
     for uses_tp in (False, True):
-        candidates = [c for c in dense if ("tp" in c.name.split("/")[-1]) == uses_tp]
+        candidates = [c for c in dense if c.uses_tp == uses_tp]
         if candidates:
             choices.append(ideas.hybrid(max(candidates, key=lambda c: c.train_ndcg10), bm25_lists, bm25_seconds))
 
     rows = score(choices, test_qrels)
     settings = {"grids": [str(g) for g in args.grid], "grid_settings": [r["settings"] for r in ideas.records],
                 "alphas": ALPHAS, "rrf_k": RRF_K, "corpus_size": len(ideas.retrieval.corpus_ids), "passages": len(ideas.retrieval.corpus),
-                "train_queries": int(ideas.train_rows.sum()), "test_queries": len(test_qrels)}
+                "train_queries": len(ideas.retrieval.splits["train"].queries), "test_queries": len(test_qrels)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "ideas.json", run_record("retrieval-ideas", settings, rows))
     table = markdown(rows)
