@@ -15,11 +15,10 @@ from typing import Annotated, Iterator, List, Optional
 import typer
 
 from tp_rag import hybrid
-
 from tp_rag.cli_common import (
-    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, SplitWordsOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
+    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
     MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt, PresetOpt, ProgressOpt, PromptOpt,
-    QueryPromptOpt, TextFieldOpt, TitleFieldOpt, TpExitOpt, TpOpt, TpStartOpt, WorkDirOpt,
+    QueryPromptOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt, TpExitOpt, TpOpt, TpStartOpt, WorkDirOpt,
     encoder_config, fail, make_encoder, quiet_loading, reports_errors,
 )
 from tp_rag.server.cli import embed_corpus, serve
