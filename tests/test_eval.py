@@ -205,3 +205,13 @@ def test_retrieval_preset_is_the_committed_train_choice():
     assert (preset["tp_start"], preset["tp_exit"], preset["output_layer"]) == (1, tp_exit, layer)
     assert preset["document_prompt"] == "passage_eol" and preset["query_token_prepending"] is False
     assert preset["max_length"] == record["settings"]["grid_settings"][0]["max_length"]
+
+
+def test_pairs_sample_is_seeded_and_keeps_pairs_aligned():
+    pairs = Pairs("S", [f"a{i}" for i in range(50)], [f"b{i}" for i in range(50)],
+                  [float(i) for i in range(50)])
+    one, again, other = pairs.sample(10, seed=3), pairs.sample(10, seed=3), pairs.sample(10, seed=4)
+    assert len(one) == 10 and one.sent1 == again.sent1 and one.sent1 != other.sent1
+    assert all(a[1:] == b[1:] == str(int(g)) for a, b, g in zip(one.sent1, one.sent2, one.gold))
+    assert one.gold == sorted(one.gold)  # file order kept
+    assert pairs.sample(80) is pairs

@@ -84,11 +84,13 @@ def evaluate_sts(
     cache_dir: Optional[Path] = None,
     limit: Optional[int] = None,
     show_progress: bool = True,
+    sample: Optional[int] = None,
+    seed: int = 0,
 ) -> dict[str, dict]:
     """Score ``encoder`` (a tp_rag Encoder or anything with ``encode(texts, kind=...)``)."""
     results = {}
     for task in tasks:
-        subsets = load_task(data_root, task, limit)
+        subsets = load_task(data_root, task, limit, sample, seed)
 
         def encode(texts, _task=task):
             return cached_encode(encoder, texts, "text", cache_dir, show_progress,
@@ -156,6 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--minilm", action="store_true", help="also score all-MiniLM-L6-v2")
     ap.add_argument("--only-minilm", action="store_true", help="score only all-MiniLM-L6-v2")
     ap.add_argument("--limit", type=int, default=None, help="first N pairs per subset (smoke runs)")
+    ap.add_argument("--sample", type=int, default=None,
+                    help="a seeded random sample of N pairs per subset (stated in the output)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default: print only)")
@@ -180,17 +185,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 check_tokenizer(loaded.tokenizer)
             encoder = Encoder(cfg, loaded=loaded)
             print(f"[sts] {name}: {encoder!r}", file=sys.stderr)
-            res = evaluate_sts(encoder, tasks, args.data, cache, args.limit)
+            res = evaluate_sts(encoder, tasks, args.data, cache, args.limit, sample=args.sample, seed=args.seed)
             rows.append({"system": name, "settings": encoder.config.model_dump(),
                          "resolved_output_layer": encoder.output_layer, "results": res})
             print(json.dumps({name: {t: r["spearman"] for t, r in res.items()}}), flush=True)
     if args.minilm or args.only_minilm:
         encoder = MiniLMEncoder(device=None if args.device == "auto" else args.device)
-        res = evaluate_sts(encoder, tasks, args.data, cache, args.limit)
+        res = evaluate_sts(encoder, tasks, args.data, cache, args.limit, sample=args.sample, seed=args.seed)
         rows.append({"system": MINILM, "settings": encoder.describe(), "results": res})
         print(json.dumps({MINILM: {t: r["spearman"] for t, r in res.items()}}), flush=True)
     if args.out:
         record = run_record("sts", {"data": str(args.data), "tasks": tasks, "limit": args.limit,
+                                    "sample": args.sample, "seed": args.seed,
                                     "metric": "Spearman x100 of cosine vs gold; STS12-16 pooled 'all'"},
                             rows)
         write_json(args.out, record)

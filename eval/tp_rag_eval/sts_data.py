@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 # SentEval's file lists (STS13 without the licensed SMT set).
 STS_YEARS: dict[str, tuple[str, list[str]]] = {
     "STS12": ("STS12-en-test", ["MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN",
@@ -44,6 +46,15 @@ class Pairs:
 
     def head(self, n: int) -> "Pairs":
         return Pairs(self.name, self.sent1[:n], self.sent2[:n], self.gold[:n])
+
+    def sample(self, n: int, seed: int = 0) -> "Pairs":
+        """``n`` pairs drawn without replacement by a seeded generator, in file order (the
+        first pairs of a file are often one genre: a head is not a fair sample)."""
+        if n >= len(self):
+            return self
+        keep = sorted(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return Pairs(self.name, [self.sent1[i] for i in keep], [self.sent2[i] for i in keep],
+                     [self.gold[i] for i in keep])
 
     def sentences(self) -> list[str]:
         """Unique sentences, in first-seen order (each is embedded once)."""
@@ -117,7 +128,10 @@ def load_sick(root: Path, split: str = "test") -> Pairs:
 TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSB-dev", "STSB-test", "SICK-R-test"]
 
 
-def load_task(root: Path, task: str, limit: Optional[int] = None) -> list[Pairs]:
+def load_task(root: Path, task: str, limit: Optional[int] = None,
+              sample: Optional[int] = None, seed: int = 0) -> list[Pairs]:
+    """The task's scored pairs; ``limit``: the first N per subset (smoke runs); ``sample``: a
+    seeded random N per subset (a stated sample of a set too slow to run whole)."""
     if task in STS_YEARS:
         subsets = load_sts_year(root, task)
     elif task.startswith("STSB-"):
@@ -126,6 +140,8 @@ def load_task(root: Path, task: str, limit: Optional[int] = None) -> list[Pairs]
         subsets = [load_sick(root, task.rsplit("-", 1)[1])]
     else:
         raise ValueError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    if sample:
+        subsets = [p.sample(sample, seed) for p in subsets]
     if limit:
         subsets = [p.head(limit) for p in subsets]
     return subsets

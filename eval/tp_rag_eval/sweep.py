@@ -128,9 +128,10 @@ def heatmap(record: dict, path: Path) -> None:
 
 def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[int], data: Path,
               out_dir: Optional[Path], limit: Optional[int] = None, vanilla: bool = True,
-              settings: Optional[dict] = None, show_progress: bool = True) -> dict:
+              settings: Optional[dict] = None, show_progress: bool = True,
+              sample: Optional[int] = None, seed: int = 0) -> dict:
     """``encoder_factory(tp_exit or None) -> Encoder``; returns the record (also written)."""
-    subsets = load_task(data, TASK, limit)
+    subsets = load_task(data, TASK, limit, sample, seed)
     json_path = out_dir / f"sweep_stsb_dev_{prompt}.json" if out_dir else None
     rows: list[Optional[int]] = ([None] if vanilla else []) + list(tp_exits)
     grid: dict[str, dict] = {}
@@ -184,6 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--limit", type=int, default=None, help="first N dev pairs (smoke runs)")
+    ap.add_argument("--sample", type=int, default=None,
+                    help="a seeded random sample of N dev pairs (for prompts too slow for all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     ap.add_argument("--rerender", action="store_true",
                     help="recompute 'best', the table and the heat map from the saved grid only")
@@ -224,8 +228,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "max_length": args.max_length, "pst_init": base.pst_init, "dtype": args.dtype,
                 "tp_start": args.tp_start, "tp_exits": args.tp_exits, "limit": args.limit,
                 "data": str(args.data)}
+    if args.sample:  # only when used, so earlier sweep files keep resuming
+        settings.update(sample=args.sample, seed=args.seed)
     record = run_sweep(factory, args.prompt, args.tp_start, args.tp_exits, args.data,
-                       args.out_dir, args.limit, args.vanilla, settings)
+                       args.out_dir, args.limit, args.vanilla, settings,
+                       sample=args.sample, seed=args.seed)
     print(json.dumps(record["results"]["best"], indent=1))
     return 0
 
