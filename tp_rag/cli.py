@@ -526,6 +526,7 @@ def info(
         ("token prepending", tp),
         ("output layer", str(enc.get("output_layer"))),
         ("max length", str(enc.get("max_length"))),
+        ("dtype", _dtype_row(enc)),
         ("built with", f"tp-rag {manifest.tp_rag_version}, faiss {manifest.faiss_version}, "
                        f"{manifest.created_at}"),
     ]
@@ -536,6 +537,18 @@ def info(
     label = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{label}}  {value}")
+
+
+def _dtype_row(enc: dict) -> str:
+    """The manifest's dtype; for ``auto``, what it resolves to on this machine and why (the
+    index is usable on any machine: dtype does not change which vector space it is)."""
+    dtype = str(enc.get("dtype", "float32"))
+    if dtype != "auto":
+        return dtype
+    from tp_rag.models import resolve_device, resolve_dtype
+
+    choice = resolve_dtype("auto", resolve_device(enc.get("device") or "auto"))
+    return f"auto, here {choice.name} ({choice.reason.removeprefix('auto: ')})"
 
 
 def _size(n: int) -> str:
@@ -567,9 +580,20 @@ def main(
         "--threads", min=1, envvar="TP_RAG_THREADS",
         help="CPU threads torch may use (default: torch's choice, one per core). On a machine "
         "busy with other work, fewer threads are often faster.")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log what the library decides on stderr (the model's dtype "
+        "and why, conversions).")] = False,
 ):
     """Sentence and passage embeddings from decoder-only LLMs with Token Prepending, and FAISS
     indexes over them."""
+    if verbose:
+        import logging
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("tp-rag: %(message)s"))
+        logger = logging.getLogger("tp_rag")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     if threads is not None:
         import torch
 

@@ -15,6 +15,7 @@ from tp_rag.presets import DEFAULT_PRESET, list_presets
 
 
 class Dtype(str, enum.Enum):
+    auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -65,7 +66,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", help="auto, cpu, cuda, cuda:N or mps (default: the configuration's, auto).",
     rich_help_panel=_RUN)]
 DtypeOpt = Annotated[Optional[Dtype], typer.Option(
-    "--dtype", help="Model precision (default float32).", rich_help_panel=_RUN)]
+    "--dtype", help="Model precision. auto (default): bfloat16 where the hardware runs it "
+    "natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), else float32; --verbose says "
+    "which.", rich_help_panel=_RUN)]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, help="Texts per forward pass (default 16).", rich_help_panel=_RUN)]
 TextFieldOpt = Annotated[str, typer.Option(

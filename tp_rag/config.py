@@ -54,7 +54,11 @@ class EncoderConfig(BaseModel):
     max_length: int = Field(512, ge=8, description="Max tokens per prompt; only text is cut.")
     batch_size: int = Field(16, ge=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Model precision. auto: bfloat16 where the hardware runs it natively (CUDA "
+        "with bf16, a CPU with AMX or AVX512-BF16), float32 elsewhere; see Encoder.dtype.",
+    )
     normalize: bool = Field(True, description="L2-normalise the embeddings.")
 
     @field_validator("prompt", "query_prompt", "document_prompt")

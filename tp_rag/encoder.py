@@ -113,6 +113,18 @@ class Encoder:
     def device(self) -> torch.device:
         return self._runner.device
 
+    @property
+    def dtype(self) -> str:
+        """The precision the model runs in (what ``dtype="auto"`` resolved to)."""
+        return str(self._runner.embed.weight.dtype).replace("torch.", "")
+
+    @property
+    def dtype_reason(self) -> str:
+        """Why :attr:`dtype` was chosen (``requested``, the hardware for ``auto``, or a model
+        loaded by the caller)."""
+        choice = self._loaded.dtype_choice
+        return choice.reason if choice is not None else "the loaded model's own dtype"
+
     def __repr__(self) -> str:
         cfg = self.config
         tp = f"tp={cfg.tp_start}..{cfg.tp_exit}" if cfg.uses_tp else "tp=off"
@@ -122,7 +134,7 @@ class Encoder:
             tp += " (" + ", ".join(f"{sides[k]}: {'on' if cfg.tp_for(k) else 'off'}" for k in differ) + ")"
         return (
             f"Encoder(model={cfg.model!r}, prompt={cfg.prompt!r}, {tp}, "
-            f"output_layer={self.output_layer}/{self.num_layers}, dim={self.dim})"
+            f"output_layer={self.output_layer}/{self.num_layers}, dim={self.dim}, dtype={self.dtype})"
         )
 
     # -- encoding -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from tp_rag.config import BUNDLED_MODEL
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU features that make bfloat16 matmuls native (oneDNN uses them); without them torch
+# emulates bf16 and it is about 3x slower than float32 (measured on an AVX-512 Xeon without them).
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 class ModelNotFoundError(ValueError):
@@ -33,6 +37,18 @@ class UnsupportedModelError(ValueError):
     """The model has no decoder layer list that Token Prepending can hook."""
 
 
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The precision a model runs in, and why it was chosen (shown by ``tp-rag --verbose``)."""
+
+    name: str  # float32, bfloat16 or float16
+    reason: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.name]
+
+
 @dataclass
 class LoadedModel:
     decoder: nn.Module  # the base model (no LM head): takes inputs_embeds, returns hidden states
@@ -40,6 +56,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     pst_vectors: dict = field(default_factory=dict)  # placeholder init vectors, by pst_init
+    dtype_choice: Optional[DtypeChoice] = None  # None: a model loaded by the caller
 
 
 def cache_dir() -> Path:
@@ -65,6 +82,52 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none: then
+    ``dtype="auto"`` keeps float32, the safe choice)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_dtype(
+    dtype: str,
+    device: torch.device,
+    *,
+    flags: Optional[Iterable[str]] = None,
+    cuda_bf16: Optional[bool] = None,
+) -> DtypeChoice:
+    """The precision to load a model in. ``auto`` picks bfloat16 only where the hardware runs
+    it natively (CUDA with bf16; a CPU with AMX or AVX512-BF16), float32 everywhere else.
+    ``flags`` (CPU flags) and ``cuda_bf16`` override the detection, for tests."""
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+        return DtypeChoice(dtype, "requested")
+    device = torch.device(device)
+    if device.type == "cuda":
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if cuda_bf16:
+            return DtypeChoice("bfloat16", "auto: this CUDA device supports bfloat16 natively")
+        # float16 would be fast here but overflows in some models (Gemma's activations).
+        return DtypeChoice("float32", "auto: this CUDA device has no native bfloat16 "
+                           "(float16 is faster but overflows in some models; ask for it explicitly)")
+    if device.type == "cpu":
+        have = cpu_flags() if flags is None else frozenset(flags)
+        native = [flag for flag in CPU_BF16_FLAGS if flag in have]
+        if native:
+            return DtypeChoice("bfloat16", f"auto: the CPU has {'/'.join(native)} (native bfloat16)")
+        return DtypeChoice("float32", "auto: the CPU has no AMX or AVX512-BF16, where bfloat16 "
+                           "is emulated and slower than float32")
+    return DtypeChoice("float32", f"auto: float32 on {device.type}")
+
+
 def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     """The base decoder and its list of layers, for any Hugging Face causal LM family."""
     base = model
@@ -87,22 +150,22 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     )
 
 
-def load_model(reference: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+def load_model(reference: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     from transformers import AutoModel, AutoTokenizer
 
+    target = resolve_device(device)
+    choice = resolve_dtype(dtype, target)
     source = _resolve_reference(reference)
-    torch_dtype = _DTYPES[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModel.from_pretrained(source, dtype=choice.torch_dtype)
     except OSError as err:
-        raise ModelNotFoundError(
-            f"unknown model {reference!r}: not the bundled model ({BUNDLED_MODEL}), a local "
-            f"directory, a .gguf file, or a reachable Hugging Face hub id ({err})"
-        ) from err
-    model.to(resolve_device(device)).eval()
+        raise _unknown_model(reference, str(err)) from err
+    model.to(target).eval()
     decoder, layers = find_decoder_layers(model)
-    return LoadedModel(decoder=decoder, layers=layers, tokenizer=tokenizer, name=reference)
+    logger.info("loaded %s as %s (%s)", reference, choice.name, choice.reason)
+    return LoadedModel(decoder=decoder, layers=layers, tokenizer=tokenizer, name=reference,
+                       dtype_choice=choice)
 
 
 def _resolve_reference(reference: str) -> str:
@@ -120,7 +183,64 @@ def _resolve_reference(reference: str) -> str:
         return str(path)
     if path.exists() or reference.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model path {reference!r} is not a model directory or .gguf")
-    return reference
+    return _hub_source(reference)
+
+
+# Seconds one probe of the hub may take before it counts as unreachable (one try, no retries:
+# transformers' own download path retries for tens of seconds when the network is down).
+HUB_TIMEOUT_S = 2.0
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def _unknown_model(reference: str, why: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"unknown model {reference!r}: not the bundled model ({BUNDLED_MODEL}), a local "
+        f"directory, a .gguf file, or a reachable Hugging Face hub id ({why})"
+    )
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` as set now (huggingface_hub reads them only
+    when it is imported)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(
+        (v or "").strip().lower() in ("1", "true", "yes", "on") for v in flags)
+
+
+def _hub_source(repo_id: str) -> str:
+    """A hub id's cached snapshot folder if it is complete in the local cache, else the id
+    after one bounded probe of the hub, so that an unknown id fails in seconds."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise _unknown_model(repo_id, f"not a valid hub id: {err}") from None
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        if any((snapshot / name).is_file() for name in _WEIGHT_FILES):
+            return str(snapshot)
+    if hub_offline():
+        raise _unknown_model(repo_id, "it is not in the local Hugging Face cache and "
+                             "HF_HUB_OFFLINE is set")
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(
+            repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return repo_id  # exists; from_pretrained explains how to get access
+    except RepositoryNotFoundError:
+        raise _unknown_model(repo_id, "the hub has no such model, or it is private and you "
+                             "are not logged in") from None
+    except Exception as err:  # noqa: BLE001 - any network failure (httpx, OSError) means unreachable
+        raise _unknown_model(repo_id, f"it is not in the local cache and the hub did not answer "
+                             f"within {HUB_TIMEOUT_S:g} s: {type(err).__name__}: {err}") from None
+    return repo_id
 
 
 def converted_bundled() -> Path:
