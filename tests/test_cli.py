@@ -26,6 +26,21 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def allowed_model(model_dir, tmp_path_factory):
+    """The tiny model in the user's allow-list (tp_rag.index.trust), so that commands may
+    rebuild the encoder from an index's manifest as they do for the bundled model."""
+    allow = tmp_path_factory.mktemp("trust") / "trusted-models.json"
+    allow.write_text(json.dumps({"models": [str(model_dir)]}))
+    before = os.environ.get("TP_RAG_TRUSTED_MODELS")
+    os.environ["TP_RAG_TRUSTED_MODELS"] = str(allow)
+    yield allow
+    if before is None:
+        os.environ.pop("TP_RAG_TRUSTED_MODELS", None)
+    else:
+        os.environ["TP_RAG_TRUSTED_MODELS"] = before
+
+
 @pytest.fixture(scope="module")
 def model_args(model_dir):
     return ["--model", str(model_dir), "--tp-exit", "3", "--device", "cpu"]

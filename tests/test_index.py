@@ -11,6 +11,7 @@ from tp_rag import Encoder, EncoderConfig
 from tp_rag.corpus import Document
 from tp_rag.index import EncoderMismatchError, FaissIndex, IndexFormatError, read_manifest
 from tp_rag.index import storage
+from tp_rag.index.storage import manifest_checksum
 from tp_rag.testing import save_tiny_model, tiny_encoder
 
 TEXTS = [
@@ -80,7 +81,7 @@ def test_round_trip_gives_identical_results(encoder, tmp_path, index_type):
     queries = ["capital of France", "vectors", "a cat on a sofa"]
     before = as_tuples(index.search_batch(queries, k=5))
     index.save(tmp_path / "idx")
-    loaded = FaissIndex.load(tmp_path / "idx")  # encoder rebuilt from the manifest
+    loaded = FaissIndex.load(tmp_path / "idx", trust_model=True)  # encoder rebuilt from the manifest
     assert as_tuples(loaded.search_batch(queries, k=5)) == before
     assert loaded.ids == index.ids and loaded.metadatas == index.metadatas
     assert loaded.factory == index.factory and loaded.search_params == index.search_params
@@ -198,7 +199,7 @@ def test_different_encoder_settings_are_refused_runtime_ones_are_not(encoder, mo
     same_space = Encoder(EncoderConfig(model=str(model_dir), tp_start=1, tp_exit=3, device="cpu",
                                        batch_size=3))
     assert len(FaissIndex.load(tmp_path / "idx", same_space)) == len(TEXTS)
-    assert FaissIndex.load(tmp_path / "idx", batch_size=2).encoder.config.batch_size == 2
+    assert FaissIndex.load(tmp_path / "idx", batch_size=2, trust_model=True).encoder.config.batch_size == 2
 
 
 def test_corrupted_manifest(encoder, tmp_path):
@@ -210,6 +211,10 @@ def test_corrupted_manifest(encoder, tmp_path):
         FaissIndex.load(tmp_path / "idx", encoder)
     data = json.loads(text)
     data["files"]["faiss"]["name"] = "../../etc/passwd"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(IndexFormatError, match="does not match its checksum"):
+        FaissIndex.load(tmp_path / "idx", encoder)
+    data["checksum"] = manifest_checksum(data)  # a forger can recompute it: names still checked
     manifest.write_text(json.dumps(data))
     with pytest.raises(IndexFormatError, match="unexpected data file name"):
         FaissIndex.load(tmp_path / "idx", encoder)
@@ -248,26 +253,26 @@ def test_failed_save_leaves_previous_index_intact(encoder, tmp_path, monkeypatch
     before = as_tuples([index.search("capital of France", k=8)])
     index.add_texts(["Mount Everest is the highest mountain."], ids=["everest"], checkpoint_dir=None)
 
-    real_write_docs = storage._write_docs
+    real_write_records = storage._write_records
 
-    def crash_halfway(final, records):
+    def crash_halfway(tmp, records):
         def some_then_fail():
             for i, record in enumerate(records):
                 if i == 3:
-                    raise OSError("No space left on device")
+                    raise OSError(28, "No space left on device")
                 yield record
-        return real_write_docs(final, some_then_fail())
+        return real_write_records(tmp, some_then_fail())
 
-    monkeypatch.setattr(storage, "_write_docs", crash_halfway)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(storage, "_write_records", crash_halfway)
+    with pytest.raises(OSError, match="the disk is full"):
         index.save(tmp_path / "idx")
     previous = FaissIndex.load(tmp_path / "idx", encoder)
     assert "everest" not in previous and as_tuples([previous.search("capital of France", k=8)]) == before
 
     monkeypatch.undo()
-    index.save(tmp_path / "idx")  # the next save succeeds and clears the debris
+    index.save(tmp_path / "idx")  # the next save succeeds; the failed one left nothing behind
     assert "everest" in FaissIndex.load(tmp_path / "idx", encoder)
-    assert len(list((tmp_path / "idx").iterdir())) == 3
+    assert len(list((tmp_path / "idx").iterdir())) == 5  # manifest, new and previous generation
 
 
 def test_crash_before_manifest_commit_keeps_previous(encoder, tmp_path, monkeypatch):
@@ -293,7 +298,7 @@ def test_first_save_interrupted_can_be_retried(encoder, tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "_write_atomic", fail)
     with pytest.raises(OSError):
         index.save(tmp_path / "idx")
-    assert any((tmp_path / "idx").iterdir())  # data files, no manifest
+    assert not any((tmp_path / "idx").iterdir())  # the failed save removed its data files
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         FaissIndex.load(tmp_path / "idx", encoder)
     monkeypatch.undo()

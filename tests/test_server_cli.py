@@ -77,7 +77,7 @@ def test_serve_command_serves_an_index_with_its_own_encoder(setup):
     env = {**os.environ, "TP_RAG_API_KEY": "k", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tp_rag.server", "serve", "--index", str(root / "index"),
-         "--port", str(port), "--served-model-name", "tiny", "--log-level", "warning"],
+         "--trust-index-model", "--port", str(port), "--served-model-name", "tiny", "--log-level", "warning"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -16,10 +16,11 @@ import typer
 
 from tp_rag import hybrid
 from tp_rag.cli_common import (
-    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt, Kind,
-    MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt, PresetOpt, ProgressOpt, PromptOpt,
-    QueryPromptOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt, TpExitOpt, TpOpt, TpStartOpt, WorkDirOpt,
-    encoder_config, fail, make_encoder, quiet_loading, reports_errors,
+    BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt,
+    IndexModelOpt, IndexPresetOpt, Kind, MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt,
+    PresetOpt, ProgressOpt, PromptOpt, QueryPromptOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt,
+    TpExitOpt, TpOpt, TpStartOpt, TrustIndexModelOpt, WorkDirOpt,
+    encoder_config, fail, load_index, make_encoder, quiet_loading, reports_errors,
 )
 from tp_rag.server.cli import embed_corpus, serve
 
@@ -226,18 +227,21 @@ def index_add(
     work_dir: WorkDirOpt = None,
     no_checkpoint: NoCheckpointOpt = False,
     progress: ProgressOpt = None,
+    preset: IndexPresetOpt = None, model: IndexModelOpt = None,
+    trust_index_model: TrustIndexModelOpt = False,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
 ):
-    """Embed more documents into an index folder (encoder settings come from its manifest).
+    """Embed more documents into an index folder (encoder settings come from its manifest;
+    its model is used if it is the bundled one or allowed, see --trust-index-model).
 
     Example: tp-rag index add my-index more.jsonl
     """
     from tp_rag.corpus import read_documents, split_documents
-    from tp_rag.index import FaissIndex, check_documents
+    from tp_rag.index import check_documents
 
     quiet_loading()
-    index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
-                            dtype=dtype.value if dtype else None)
+    index = load_index(index_dir, preset=preset, model=model, trust_model=trust_index_model,
+                       device=device, dtype=dtype, batch_size=batch_size)
     docs = read_documents(corpus, text_field=text_field, id_field=id_field, title_field=title_field or None)
     docs = check_documents(split_documents(docs, split_words) if split_words else docs,
                            existing=set(index.ids))
@@ -315,17 +319,18 @@ def search(
     candidates: Annotated[Optional[int], typer.Option(
         "--candidates", min=1, help="Candidates each side contributes to a hybrid search "
         "(default: max(top-k, 100)).")] = None,
+    preset: IndexPresetOpt = None, model: IndexModelOpt = None,
+    trust_index_model: TrustIndexModelOpt = False,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
 ):
-    """Search an index folder; the encoder is rebuilt from the index's manifest.
+    """Search an index folder; the encoder is rebuilt from the index's manifest (its model
+    is used if it is the bundled one or allowed, see --trust-index-model).
 
     Example: tp-rag search my-index "highest mountain in the world" -k 3 --mode hybrid
 
     With --json, each hit's "score" is the fused score in hybrid mode, and "scores" holds the
     dense and BM25 ranks and scores it came from.
     """
-    from tp_rag.index import FaissIndex
-
     quiet_loading()
     items = list(queries or [])
     if queries_file is not None:
@@ -336,8 +341,9 @@ def search(
     for i, query in enumerate(items):
         if not query.strip():
             raise fail(f"query {i} is empty; there is nothing to search for")
-    index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
-                            dtype=dtype.value if dtype else None)
+    index = load_index(index_dir, preset=preset, model=model, trust_model=trust_index_model,
+                       device=device, dtype=dtype, batch_size=batch_size,
+                       need_model=mode is not SearchMode.bm25)
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     results = index.search_batch(items, k=top_k, mode=mode.value, fusion=fusion.value,

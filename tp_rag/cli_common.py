@@ -88,6 +88,17 @@ WorkDirOpt = Annotated[Optional[Path], typer.Option(
     "(default: the tp-rag cache folder). Removed after success.")]
 NoCheckpointOpt = Annotated[bool, typer.Option(
     "--no-checkpoint", help="Do not checkpoint chunks to disk (no resume).")]
+TrustIndexModelOpt = Annotated[bool, typer.Option(
+    "--trust-index-model", help="Load the model the index's manifest names even if it is not "
+    "the bundled model or in your allow-list (an index folder cannot choose a model otherwise).",
+    rich_help_panel=_ENC)]
+IndexPresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", help="Use this preset's model and settings; they must match the index's "
+    "(settings that change vectors are compared before any model is loaded).",
+    rich_help_panel=_ENC)]
+IndexModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Use this model (the other settings come from the index); refused "
+    "if it is not the model the index was built with.", rich_help_panel=_ENC)]
 ProgressOpt = Annotated[Optional[bool], typer.Option(
     "--progress/--no-progress", help="Progress bars on stderr (default: when it is a terminal).",
     show_default=False)]
@@ -111,6 +122,39 @@ def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, q
     if preset is None and model is not None:
         return EncoderConfig(**overrides)
     return preset_config(preset or DEFAULT_PRESET, **overrides)
+
+
+def load_index(index_dir, *, preset=None, model=None, trust_model=False, device=None,
+               dtype=None, batch_size=None, need_model=True):
+    """Load an index folder for a command. ``--preset``/``--model`` choose the model (checked
+    against the manifest's settings before anything is loaded); otherwise the manifest's model
+    is used only if it is allowed (tp_rag.index.trust). With ``need_model`` the refusal comes
+    now, before any documents are read or embedded."""
+    from tp_rag.config import EncoderConfig
+    from tp_rag.index import FaissIndex, manifest_config, read_manifest
+    from tp_rag.index.compat import EncoderMismatchError, differences
+    from tp_rag.index.trust import check_trusted
+    from tp_rag.presets import preset_config
+
+    built = manifest_config(read_manifest(index_dir))
+    chosen = False
+    if preset is not None or model is not None:
+        if preset is not None:
+            wanted = preset_config(preset, **({"model": model} if model is not None else {}))
+        else:
+            wanted = EncoderConfig(**{**built.model_dump(), "model": model})
+        diffs = differences(built, wanted)
+        if diffs:
+            raise EncoderMismatchError(
+                f"the index at {index_dir} was built with different encoder settings "
+                f"({'; '.join(diffs)}); leave out --preset/--model to use its own")
+        chosen = True
+    if need_model:  # before the data files are read: a refusal costs nothing
+        check_trusted(built, trust_model=trust_model or chosen, where=f"the index at {index_dir}")
+    index = FaissIndex.load(index_dir, device=device, batch_size=batch_size,
+                            dtype=dtype.value if dtype is not None else None,
+                            trust_model=trust_model or chosen)
+    return index
 
 
 def make_encoder(config):

@@ -11,6 +11,7 @@ from tp_rag.index.compat import RUNTIME_FIELDS, EncoderMismatchError, vector_set
 from tp_rag.index.core import FaissIndex, Hit, check_documents, manifest_config
 from tp_rag.index.factory import INDEX_TYPES
 from tp_rag.index.storage import IndexFormatError, Manifest, read_manifest
+from tp_rag.index.trust import UntrustedModelError
 
 __all__ = [
     "FaissIndex",
@@ -21,6 +22,7 @@ __all__ = [
     "IndexFormatError",
     "Manifest",
     "RUNTIME_FIELDS",
+    "UntrustedModelError",
     "manifest_config",
     "read_manifest",
     "vector_settings",

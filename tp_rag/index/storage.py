@@ -3,44 +3,60 @@
 Layout of ``INDEX_DIR/``::
 
     manifest.json            what the folder holds: encoder settings, dimension, index type,
-                             document count, and the name, size and sha256 of each data file
+                             document count, the name, size and sha256 of each data file, and
+                             a checksum over the manifest's own canonical content
     index-<token>.faiss      the FAISS index (faiss.write_index)
     docs-<token>.jsonl       one JSON object per document: {"fid", "id", "text", "metadata"}
+    <key>-<token>.<ext>      further data files (``extra_files`` of :func:`save_folder`)
 
 Nothing is pickled: loading an untrusted folder parses JSON and hands FAISS a file whose size
-and sha256 were checked first (that guards against truncation and corruption; the checksum lives
-in the same folder, so it is no signature).
+and sha256 were checked first. The manifest's ``checksum`` (sha256 of its canonical JSON without
+that key) catches a truncated or hand-edited manifest; it lives in the same folder, so it is no
+signature: a folder is data, and the model it names is used only if the reader allows it
+(:mod:`tp_rag.index.trust`).
 
 Saving is atomic. The data files of a save get fresh names (``<token>`` is new each time) and
 are written to ``*.tmp`` files, flushed and renamed; only then is ``manifest.json`` replaced
-(again write-temporary-then-rename) which is the commit point. A crash anywhere before it leaves
-the previous manifest pointing at the previous, untouched files; after it, the old files are
-removed. Readers always see one complete version.
+(write-temporary-then-rename, then the folder is fsynced): that is the commit point. A crash
+anywhere before it leaves the previous manifest pointing at the previous, untouched files. After
+it, the files of the generation before the previous one and any debris of interrupted saves are
+removed, while the previous generation's files stay until the next save, so a reader that read
+the old manifest just before the commit still finds every file it names. A failed save (full
+disk, read-only folder) removes what it wrote and leaves the previous index as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_codes
 import hashlib
 import json
 import os
 import re
 import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional
 
 import faiss
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MANIFEST = "manifest.json"
 FORMAT = "tp-rag-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own checksum
 MAX_MANIFEST_BYTES = 16 * 2**20
-_DATA_FILE = re.compile(r"^(index-[0-9a-f]+\.faiss|docs-[0-9a-f]+\.jsonl)(\.tmp)?$")
+_DATA_FILE = re.compile(r"^[a-z][a-z0-9_]*-[0-9a-f]{8,64}\.[a-z0-9]{1,12}(\.tmp)?$")
+_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+_EXT = re.compile(r"^[a-z0-9]{1,12}$")
 
 
 class IndexFormatError(ValueError):
     """An index folder is missing pieces, corrupted, truncated or of an unknown format."""
+
+
+class LegacyIndexWarning(UserWarning):
+    """The index folder was written by an older tp-rag (no manifest checksum)."""
 
 
 class FileEntry(BaseModel):
@@ -79,7 +95,8 @@ class Manifest(BaseModel):
     count: int = Field(ge=0)
     next_fid: int = Field(ge=0)
     document_text: str = "title. text (BEIR rows); the text alone otherwise"
-    files: dict[Literal["faiss", "docs"], FileEntry]
+    files: dict[str, FileEntry]  # "faiss", "docs", and any extra data files by key
+    checksum: Optional[str] = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
 
     @field_validator("files")
     @classmethod
@@ -87,6 +104,9 @@ class Manifest(BaseModel):
         missing = {"faiss", "docs"} - set(files)
         if missing:
             raise ValueError(f"missing file entries: {', '.join(sorted(missing))}")
+        bad = [key for key in files if not _KEY.match(key)]
+        if bad:
+            raise ValueError(f"invalid file keys: {', '.join(map(repr, bad))}")
         return files
 
 
@@ -94,9 +114,27 @@ def now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def manifest_checksum(data: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), ``checksum`` left out."""
+    content = {k: v for k, v in data.items() if k != "checksum"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _reached(step: str) -> None:
+    """A named step of a save. Does nothing; the crash tests replace it to kill the process
+    exactly there (tests/test_faults.py)."""
+
+
 # -- writing --------------------------------------------------------------------------------------
-def save_folder(path: Path, index: faiss.Index, records: Iterable[dict], manifest: dict) -> Manifest:
-    """Write ``index`` and ``records`` into ``path`` and commit ``manifest`` (plus ``files``)."""
+# An extra data file: key -> (extension, write(path)). The writer creates the file at ``path``.
+ExtraFiles = Mapping[str, tuple[str, Callable[[Path], None]]]
+
+
+def save_folder(path: Path, index: faiss.Index, records: Iterable[dict], manifest: dict,
+                extra_files: Optional[ExtraFiles] = None) -> Manifest:
+    """Write ``index``, ``records`` and ``extra_files`` into ``path`` and commit ``manifest``
+    (plus ``files`` and ``checksum``). On failure nothing of this save is left behind."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder")
@@ -106,40 +144,110 @@ def save_folder(path: Path, index: faiss.Index, records: Iterable[dict], manifes
         raise FileExistsError(
             f"{path} is a non-empty folder that is not a tp-rag index; refusing to write into it"
         )
-    path.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:16]
-    faiss_entry = _write_faiss(path / f"index-{token}.faiss", index)
-    docs_entry = _write_docs(path / f"docs-{token}.jsonl", records)
-    data = {**manifest, "files": {"faiss": faiss_entry, "docs": docs_entry}}
-    committed = Manifest.model_validate(data)
-    _write_atomic(path / MANIFEST, json.dumps(committed.model_dump(mode="json"), indent=2).encode())
-    _remove_stale(path, keep={faiss_entry["name"], docs_entry["name"]})
-    return committed
+    extra = dict(extra_files or {})
+    for key, (ext, _) in extra.items():
+        if key in ("faiss", "docs") or not _KEY.match(key) or not _EXT.match(ext.lstrip(".")):
+            raise ValueError(f"invalid extra data file {key!r} ({ext!r})")
+    written: list[Path] = []
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(path):
+            previous = _committed_names(path)
+            token = uuid.uuid4().hex[:16]
+            entries = {
+                "faiss": _write_file(path / f"index-{token}.faiss",
+                                     lambda tmp: faiss.write_index(index, str(tmp)), written),
+                "docs": _write_file(path / f"docs-{token}.jsonl",
+                                    lambda tmp: _write_records(tmp, records), written),
+            }
+            for key, (ext, writer) in extra.items():
+                entries[key] = _write_file(path / f"{key}-{token}.{ext.lstrip('.')}", writer, written)
+            data = Manifest.model_validate({**manifest, "format_version": FORMAT_VERSION,
+                                            "files": entries, "checksum": None})
+            content = data.model_dump(mode="json", exclude={"checksum"})
+            content["checksum"] = manifest_checksum(content)
+            committed = Manifest.model_validate(content)
+            _write_atomic(path / MANIFEST, json.dumps(content, indent=2, ensure_ascii=False).encode())
+            written.clear()  # committed: these files are the index now
+            _reached("manifest-committed")
+            keep = {entry["name"] for entry in entries.values()} | previous
+            _remove_stale(path, keep)
+            _reached("cleaned")
+            return committed
+    except OSError as err:
+        for file in written:  # this save's renamed data files; the manifest never named them
+            file.unlink(missing_ok=True)
+        raise _save_error(path, err) from err
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
 
 
-def _write_faiss(final: Path, index: faiss.Index) -> dict:
+def _save_error(path: Path, err: OSError) -> OSError:
+    if err.errno == errno_codes.ENOSPC:
+        why = "the disk is full"
+    elif err.errno in (errno_codes.EROFS, errno_codes.EACCES, errno_codes.EPERM):
+        why = "the folder is not writable"
+    else:
+        why = err.strerror or str(err)
+    message = (f"saving the index to {path} failed ({why}: {err.strerror or err}); "
+               "the index that was there is unchanged")
+    return type(err)(err.errno, message) if err.errno is not None else OSError(message)
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the folder itself for the length of a save, so saves from two
+    processes never interleave (POSIX; no extra file in the folder)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, saves must not overlap
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _committed_names(path: Path) -> set[str]:
+    """The data files the current manifest names (kept through the next save for readers)."""
+    try:
+        raw = json.loads((path / MANIFEST).read_bytes().decode("utf-8"))
+        files = raw.get("files", {}) if isinstance(raw, dict) else {}
+        return {e["name"] for e in files.values()
+                if isinstance(e, dict) and isinstance(e.get("name"), str)
+                and _DATA_FILE.match(e["name"])}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _write_file(final: Path, write: Callable[[Path], None], written: list[Path]) -> dict:
+    """Write through ``write(tmp)``, fsync, rename to ``final``; its FileEntry as a dict."""
     tmp = final.with_name(final.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    size, digest = _file_digest(tmp)
-    os.replace(tmp, final)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        _reached(f"{final.name.split('-')[0]}-tmp-written")
+        size, digest = _file_digest(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    written.append(final)
+    _reached(f"{final.name.split('-')[0]}-renamed")
     return {"name": final.name, "bytes": size, "sha256": digest}
 
 
-def _write_docs(final: Path, records: Iterable[dict]) -> dict:
-    tmp = final.with_name(final.name + ".tmp")
-    digest, size = hashlib.sha256(), 0
+def _write_records(tmp: Path, records: Iterable[dict]) -> None:
     with open(tmp, "wb") as handle:
         for record in records:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-            handle.write(line)
-            digest.update(line)
-            size += len(line)
+            handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    return {"name": final.name, "bytes": size, "sha256": digest.hexdigest()}
 
 
 def _write_atomic(final: Path, data: bytes) -> None:
@@ -149,6 +257,7 @@ def _write_atomic(final: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _reached("manifest-tmp-written")
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -174,9 +283,11 @@ def _is_ours(name: str) -> bool:
 
 
 def _remove_stale(path: Path, keep: set[str]) -> None:
+    """Remove older generations and debris; after the commit, so a failure here is harmless."""
     for child in path.iterdir():
         if child.name not in keep and child.name != MANIFEST and _is_ours(child.name):
-            child.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                child.unlink(missing_ok=True)
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
@@ -202,7 +313,8 @@ def read_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IndexFormatError(f"{file} is corrupted (not valid JSON: {err})") from None
+        raise IndexFormatError(
+            f"{file} is corrupted or truncated (not valid JSON: {err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexFormatError(f"{file} is not a tp-rag index manifest")
     version = data.get("format_version")
@@ -211,10 +323,28 @@ def read_manifest(path: Path) -> Manifest:
             f"{path} uses index format {version}; this tp-rag reads format {FORMAT_VERSION} "
             "(upgrade tp-rag)"
         )
+    _check_manifest_checksum(file, data)
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:
         raise IndexFormatError(f"{file} is invalid: {one_line(err)}") from None
+
+
+def _check_manifest_checksum(file: Path, data: dict) -> None:
+    stored = data.get("checksum")
+    if stored is None and data.get("format_version") == 1:
+        warnings.warn(
+            f"{file} was written by an older tp-rag and has no checksum, so edits to it cannot "
+            "be detected; saving the index again (tp-rag index add/delete, or "
+            "FaissIndex.load(...).save(...)) adds one", LegacyIndexWarning, stacklevel=4)
+        return
+    if not isinstance(stored, str):
+        raise IndexFormatError(f"{file} has no checksum; it was not written by tp-rag "
+                               "(rebuild the index)")
+    if stored != manifest_checksum(data):
+        raise IndexFormatError(
+            f"{file} was modified after it was written: its content does not match its "
+            "checksum (restore the folder or rebuild the index)")
 
 
 def verify_file(path: Path, entry: FileEntry) -> Path:

@@ -20,7 +20,7 @@ import typer
 from tp_rag.cli_common import (
     BatchSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, Kind, MaxLengthOpt, ModelOpt,
     OutputLayerOpt, PresetOpt, PromptOpt, QueryPromptOpt, TpExitOpt, TpOpt, TpStartOpt,
-    encoder_config, quiet_loading, reports_errors,
+    TrustIndexModelOpt, encoder_config, quiet_loading, reports_errors,
 )
 
 _LIM = "Limits"
@@ -62,6 +62,15 @@ def serve(
                                                 help="Largest request body.")] = 4 * 1024 * 1024,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, rich_help_panel=_LIM,
                                            help="Texts waiting before requests get 503.")] = 4096,
+    retry_after: Annotated[int, typer.Option("--retry-after", min=0, rich_help_panel=_LIM,
+                                             help="Seconds a 503 asks clients to wait (the Retry-After header).")] = 1,
+    request_timeout: Annotated[float, typer.Option(
+        "--request-timeout", min=0, rich_help_panel=_LIM,
+        help="Seconds a request may wait for the model before it gets 504 and its work is "
+        "dropped (0: no limit).")] = 60.0,
+    shutdown_timeout: Annotated[float, typer.Option(
+        "--shutdown-timeout", min=0, rich_help_panel=_LIM,
+        help="On Ctrl-C/SIGTERM, seconds to finish the requests already accepted.")] = 30.0,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", rich_help_panel=_BAT,
                                            help="Merge concurrent requests into shared model runs.")] = True,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, rich_help_panel=_BAT,
@@ -69,6 +78,7 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, rich_help_panel=_BAT,
                                                help="Longest wait for a batch to fill.")] = 2.0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    trust_index_model: TrustIndexModelOpt = False,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None, tp_start: TpStartOpt = None,
     tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None, prompt: PromptOpt = None,
     query_prompt: QueryPromptOpt = None, document_prompt: DocumentPromptOpt = None,
@@ -83,7 +93,8 @@ def serve(
         host=host, port=port, model_name=served_model_name, api_key=api_key,
         default_input_type=input_type.value, max_inputs=max_inputs, max_chars=max_chars,
         max_body_bytes=max_body_bytes, max_queue_texts=max_queue, batching=batching,
-        max_batch_texts=max_batch, max_wait_ms=max_wait_ms)
+        max_batch_texts=max_batch, max_wait_ms=max_wait_ms, retry_after_s=retry_after,
+        request_timeout_s=request_timeout or None, shutdown_timeout_s=shutdown_timeout)
     if not _is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without an API key; anyone who can reach this "
                    "port can use it (set --api-key or TP_RAG_API_KEY)", err=True)
@@ -91,22 +102,36 @@ def serve(
                        document_prompt, max_length)
     runtime = dict(device=device, dtype=dtype.value if dtype else None, batch_size=batch_size)
     quiet_loading()
+    own_settings = all(v is None for v in encoder_options)
+    config = None if own_settings else encoder_config(*encoder_options, device, dtype, batch_size)
     loaded_index = None
     if index is not None:
+        from tp_rag.index import manifest_config, read_manifest
+        from tp_rag.index.compat import EncoderMismatchError, differences
+        from tp_rag.index.trust import check_trusted
+
+        built = manifest_config(read_manifest(index))
+        if own_settings:  # the manifest's model: only if allowed, checked before anything loads
+            check_trusted(built, trust_model=trust_index_model, where=f"the index at {index}")
+        elif differences(built, config):
+            raise EncoderMismatchError(
+                f"the index at {index} was built with different encoder settings "
+                f"({'; '.join(differences(built, config))}); leave out the encoder options to "
+                "use its own")
         from tp_rag.index import FaissIndex
 
-        loaded_index = FaissIndex.load(index, **runtime)
-    if loaded_index is not None and all(v is None for v in encoder_options):
+        loaded_index = FaissIndex.load(index, **runtime, trust_model=trust_index_model)
+    if loaded_index is not None and own_settings:
         encoder = loaded_index.encoder
     else:
         from tp_rag.encoder import Encoder
 
-        encoder = Encoder(encoder_config(*encoder_options, device, dtype, batch_size))
+        encoder = Encoder(config or encoder_config(*encoder_options, device, dtype, batch_size))
     app = create_app(encoder, settings, index=loaded_index)
     typer.echo(f"serving {settings.model_name or encoder.config.model} (dim {encoder.dim}) on "
                f"http://{host}:{port}/v1" + (f" with {len(loaded_index)} indexed documents"
                                               if loaded_index is not None else ""), err=True)
-    serve_forever(app, host, port, log_level=log_level)
+    serve_forever(app, host, port, log_level=log_level, shutdown_timeout=shutdown_timeout)
 
 
 # -- tp-rag embed-corpus ----------------------------------------------------------------------------

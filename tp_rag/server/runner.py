@@ -13,10 +13,12 @@ import uvicorn
 LOOPBACK = "127.0.0.1"
 
 
-def serve_forever(app, host: str = LOOPBACK, port: int = 8000, *, log_level: str = "info") -> None:
-    """Block serving ``app`` until interrupted (Ctrl-C / SIGTERM shut it down cleanly)."""
+def serve_forever(app, host: str = LOOPBACK, port: int = 8000, *, log_level: str = "info",
+                  shutdown_timeout: float = 30.0) -> None:
+    """Block serving ``app`` until interrupted. Ctrl-C / SIGTERM stop accepting connections,
+    let the requests already accepted finish (up to ``shutdown_timeout`` seconds), then stop."""
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=shutdown_timeout)
 
 
 class BackgroundServer:

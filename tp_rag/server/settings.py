@@ -34,6 +34,16 @@ class ServerSettings(BaseModel):
     max_queue_texts: int = Field(
         4096, ge=1, description="Texts waiting for the model before new requests get 503."
     )
+    retry_after_s: int = Field(
+        1, ge=0, description="Seconds a 503 (queue full, shutting down) asks clients to wait."
+    )
+    request_timeout_s: Optional[float] = Field(
+        60.0, gt=0, description="Longest wait for the model; then 504 and the work is dropped "
+        "(None: no limit)."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long accepted requests may take to finish."
+    )
     # -- dynamic batching --
     batching: bool = Field(True, description="Merge concurrent requests into shared model runs.")
     max_batch_texts: int = Field(64, ge=1, description="Most texts in one merged model run.")
