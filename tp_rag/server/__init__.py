@@ -13,7 +13,8 @@ import importlib
 # imports without the ``serve`` extra installed.
 _EXPORTS = {
     "EmbeddingRequest": "app", "SearchRequest": "app", "create_app": "app",
-    "DynamicBatcher": "batcher", "QueueFullError": "batcher", "APIError": "errors",
+    "DynamicBatcher": "batcher", "QueueFullError": "batcher",
+    "ShuttingDownError": "batcher", "APIError": "errors",
     "BackgroundServer": "runner", "serve_forever": "runner", "ServerSettings": "settings",
 }
 
@@ -32,6 +33,7 @@ __all__ = [
     "QueueFullError",
     "SearchRequest",
     "ServerSettings",
+    "ShuttingDownError",
     "create_app",
     "serve_forever",
 ]

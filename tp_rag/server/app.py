@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tp_rag.server.batcher import DynamicBatcher, QueueFullError
+from tp_rag.server.batcher import DynamicBatcher, QueueFullError, ShuttingDownError
 from tp_rag.server.errors import APIError, BodyLimitMiddleware, install_error_handlers
 from tp_rag.server.settings import InputType, ServerSettings
 
@@ -70,8 +70,8 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
         await batcher.start()
         try:
             yield
-        finally:
-            await batcher.stop()
+        finally:  # uvicorn let the open requests finish first; this drains what is left
+            await batcher.stop(drain_timeout_s=settings.shutdown_timeout_s)
 
     app = FastAPI(title="tp-rag embeddings", version=_version(), lifespan=lifespan)
     app.state.settings, app.state.encoder, app.state.index, app.state.batcher = (
@@ -94,12 +94,34 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
             raise APIError(404, f"model {model!r} is not served here; this server serves "
                            f"{model_name!r}", param="model", code="model_not_found")
 
-    async def embed(texts: list, kind: str):
+    retry_after = {"Retry-After": str(settings.retry_after_s)}
+
+    async def embed(texts: list, kind: str, request: Request):
+        """The batcher's answer, or 503 (full queue, shutting down), 504 (timeout) or 499
+        (client gone); on timeout or disconnect the queued work is dropped."""
+        work = asyncio.ensure_future(batcher.submit(texts, kind))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return await batcher.submit(texts, kind)
-        except QueueFullError as err:
-            raise APIError(503, f"the server is overloaded ({err}); retry later",
-                           type="server_error", code="overloaded", headers={"Retry-After": "1"})
+            done, _ = await asyncio.wait({work, gone}, timeout=settings.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()  # leaves the queue; never reaches the model
+        if work in done:
+            try:
+                return work.result()
+            except QueueFullError as err:
+                raise APIError(503, f"the server is overloaded ({err}); retry later",
+                               type="server_error", code="overloaded", headers=retry_after)
+            except ShuttingDownError:
+                raise APIError(503, "the server is shutting down; retry later",
+                               type="server_error", code="shutting_down", headers=retry_after)
+        if gone in done:
+            raise APIError(499, "the client closed the connection", code="client_closed")
+        raise APIError(504, f"the request did not get to the model within "
+                       f"{settings.request_timeout_s:g} s; it was dropped",
+                       type="server_error", code="timeout")
 
     def model_card() -> dict:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "tp-rag",
@@ -123,14 +145,15 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
         return model_card()
 
     @v1.post("/embeddings")
-    async def embeddings(body: EmbeddingRequest):
+    async def embeddings(body: EmbeddingRequest, request: Request):
         check_model(body.model)
         if body.dimensions is not None and body.dimensions != encoder.dim:
             raise APIError(400, f"this model's embeddings have {encoder.dim} dimensions; "
                            f"dimensions={body.dimensions} is not supported",
                            param="dimensions", code="invalid_value")
         texts = checked_texts(body.input, "input", settings)
-        vectors, tokens = await embed(texts, body.input_type or settings.default_input_type)
+        vectors, tokens = await embed(texts, body.input_type or settings.default_input_type,
+                                      request)
         if body.encoding_format == "base64":
             little = vectors.astype("<f4", copy=False)
             encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
@@ -145,7 +168,7 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
         })
 
     @v1.post("/search")
-    async def search(body: SearchRequest):
+    async def search(body: SearchRequest, request: Request):
         if index is None:
             raise APIError(404, "no index is loaded; start the server with --index FOLDER",
                            code="no_index")
@@ -154,7 +177,7 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
             raise APIError(400, f"top_k must be at most {settings.max_top_k}, got {body.top_k}",
                            param="top_k", code="invalid_value")
         queries = checked_texts(body.query, "query", settings)
-        vectors, tokens = await embed(queries, "query")
+        vectors, tokens = await embed(queries, "query", request)
         results = await asyncio.to_thread(index.search_vectors, vectors, body.top_k)
         data = []
         for i, hits in enumerate(results):
@@ -171,6 +194,15 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
 
     app.include_router(v1)
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body is already read, so the next
+    ASGI message is ``http.disconnect``)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def checked_texts(value: Any, param: str, settings: ServerSettings) -> list:

@@ -8,6 +8,11 @@ form the next batch. A request is never split: one larger than ``max_texts`` run
 
 With ``enabled=False`` every request runs alone, in arrival order (the baseline the load test
 compares against).
+
+A request whose caller gives up (client disconnect, timeout: the awaiting task is cancelled)
+leaves the queue at once and is never run; one that is already in a model run is not
+interrupted, its result is dropped. ``stop()`` refuses new requests and lets the queued and
+running ones finish (up to ``drain_timeout_s``) before the worker stops.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ class QueueFullError(RuntimeError):
     """More texts are waiting than the server accepts; the client should retry later."""
 
 
+class ShuttingDownError(RuntimeError):
+    """The server is stopping and accepts no new work; the client should retry elsewhere/later."""
+
+
 @dataclass
 class _Job:
     texts: list
     kind: str
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
+    started: bool = False  # its texts went into a model run
 
 
 @dataclass
@@ -43,11 +53,14 @@ class BatchStats:
     texts: int = 0
     runs: int = 0
     largest_run: int = 0
+    dropped: int = 0  # requests given up by their caller before their run
+    refused: int = 0  # requests refused because the queue was full or the server stopping
 
     def as_dict(self) -> dict:
         mean = self.texts / self.runs if self.runs else 0.0
         return {"requests": self.requests, "texts": self.texts, "model_runs": self.runs,
-                "largest_run": self.largest_run, "mean_run": round(mean, 2)}
+                "largest_run": self.largest_run, "mean_run": round(mean, 2),
+                "dropped": self.dropped, "refused": self.refused}
 
 
 class DynamicBatcher:
@@ -65,18 +78,26 @@ class DynamicBatcher:
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._executor: Optional[ThreadPoolExecutor] = None
+        self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is not None:
             return
         self._wakeup = asyncio.Event()
+        self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tp-rag-model")
         self._task = asyncio.create_task(self._collect(), name="tp-rag-batcher")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new requests, finish the queued and running ones (at most ``drain_timeout_s``
+        seconds), then stop the worker; whatever is left then fails with ShuttingDownError."""
         if self._task is None:
             return
+        self._closing = True
+        deadline = time.perf_counter() + drain_timeout_s
+        while (self._pending or self._running) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
         self._task.cancel()
         try:
             await self._task
@@ -85,7 +106,7 @@ class DynamicBatcher:
         self._task = None
         for job in [*self._running, *self._pending]:
             if not job.future.done():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+                job.future.set_exception(ShuttingDownError("the server is shutting down"))
         self._pending.clear()
         self._pending_texts = 0
         self._executor.shutdown(wait=True)
@@ -100,7 +121,11 @@ class DynamicBatcher:
         """Vectors ``(len(texts), dim)`` and per-text token counts, once the batch ran."""
         if self._task is None:
             raise RuntimeError("the batcher is not running (call start() first)")
+        if self._closing:
+            self.stats.refused += 1
+            raise ShuttingDownError("the server is shutting down")
         if self._pending_texts + len(texts) > self.max_queue_texts and self._pending:
+            self.stats.refused += 1
             raise QueueFullError(
                 f"{self._pending_texts} texts are already waiting (limit {self.max_queue_texts})")
         job = _Job(list(texts), kind, asyncio.get_running_loop().create_future())
@@ -108,7 +133,20 @@ class DynamicBatcher:
         self._pending_texts += len(job.texts)
         self.stats.requests += 1
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the caller gave up: its texts must not run
+            self._drop(job)
+            raise
+
+    def _drop(self, job: _Job) -> None:
+        job.future.cancel()
+        if job in self._pending:
+            self._pending.remove(job)
+            self._pending_texts -= len(job.texts)
+            self.stats.dropped += 1
+        elif job in self._running and not job.started:
+            self.stats.dropped += 1
 
     # -- the collector ------------------------------------------------------------------------
     async def _collect(self) -> None:
@@ -153,6 +191,11 @@ class DynamicBatcher:
             if not job.future.done():  # the client may have gone away
                 by_kind.setdefault(job.kind, []).append(job)
         for kind, jobs in by_kind.items():
+            jobs = [job for job in jobs if not job.future.done()]  # dropped while others ran
+            if not jobs:
+                continue
+            for job in jobs:
+                job.started = True
             texts = [t for job in jobs for t in job.texts]
             self.stats.runs += 1
             self.stats.texts += len(texts)
