@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -42,16 +42,44 @@ def build_rows(
 
 
 def iter_batches(
-    rows: Sequence[Row], batch_size: int, pad_id: int, sort: bool = True
+    rows: Sequence[Row],
+    batch_size: int,
+    pad_id: int,
+    sort: bool = True,
+    side: str = "left",
+    token_budget: Optional[int] = None,
 ) -> Iterator[tuple[list[int], ModelBatch]]:
     """Yield (row indices, batch). Sorted by length, longest first, so rows of similar length
-    share a batch (little padding) and memory peaks at the start."""
+    share a batch (little padding) and memory peaks at the start.
+
+    With ``token_budget``, a batch takes rows while rows x (its longest row) stays within the
+    budget (padded tokens, what the model computes) instead of ``batch_size`` rows: many short
+    rows or few long ones. A row longer than the budget gets a batch of its own."""
     order = list(range(len(rows)))
     if sort:
         order.sort(key=lambda i: -len(rows[i].ids))
-    for start in range(0, len(order), batch_size):
-        chosen = order[start : start + batch_size]
-        yield chosen, pad([rows[i] for i in chosen], pad_id)
+    groups = (token_budget_groups([len(rows[i].ids) for i in order], token_budget)
+              if token_budget is not None else
+              [range(s, min(s + batch_size, len(order))) for s in range(0, len(order), batch_size)])
+    for group in groups:
+        chosen = [order[j] for j in group]
+        yield chosen, pad([rows[i] for i in chosen], pad_id, side)
+
+
+def token_budget_groups(lengths: Sequence[int], budget: int) -> list[range]:
+    """Consecutive groups of ``lengths`` (positions) whose count x max length <= ``budget``."""
+    if budget < 1:
+        raise ValueError(f"token_budget must be a positive number of tokens, got {budget}")
+    groups, start, width = [], 0, 0
+    for j, length in enumerate(lengths):
+        wider = max(width, length)
+        if j > start and (j - start + 1) * wider > budget:
+            groups.append(range(start, j))
+            start, wider = j, length
+        width = wider
+    if lengths:
+        groups.append(range(start, len(lengths)))
+    return groups
 
 
 def pad(rows: Sequence[Row], pad_id: int, side: str = "left") -> ModelBatch:

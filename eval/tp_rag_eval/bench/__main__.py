@@ -3,7 +3,9 @@
 Suites: ``tp`` (TP overhead), ``early-exit``, ``batching`` (length-sorted vs unsorted),
 ``dtype`` (float32 vs bfloat16), ``flops`` (achieved vs matmul FLOP/s), ``threads`` (1 vs torch's default),
 ``construct`` (Encoder() and the PST mean vector), ``tokenizer`` (tokenizer load paths), ``load`` (first vs
-cached load, peak RSS; subprocesses), ``all`` (all of them in that order), ``report`` (rewrite
+cached load, peak RSS; subprocesses), ``token-budget`` (batches by a token budget vs a fixed row
+count, on SciFact documents + queries), ``baseline`` (tp-rag vs the reference code's full causal-LM
+forward), ``startup`` (cached ``Encoder.from_preset`` and ``tp-rag embed hello``, fresh processes), ``all`` (all of them in that order), ``report`` (rewrite
 ``eval/bench/results/summary.md`` from the JSON files). Each suite writes
 ``eval/bench/results/<suite>.json`` (``--out`` to change the folder).
 """
@@ -15,7 +17,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "tokenizer", "load")
+SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "tokenizer", "load",
+          "token-budget", "baseline", "startup")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=(*SUITES, "all", "report"))
     p.add_argument("--preset", default="gemma-3-270m")
     p.add_argument("--model", help="model reference overriding the preset's")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="model precision (default auto: what the library picks on this machine; "
+                   "the record keeps what it resolved to and why)")
     p.add_argument("--output-layer", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512)
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--thread-counts", default="", help="threads suite: counts besides 1 and torch's default")
     p.add_argument("--load-dtypes", default="bfloat16,float32")
+    p.add_argument("--budgets", default="2048,4096,8192",
+                   help="token-budget: padded tokens per batch to compare with --batch-size rows")
+    p.add_argument("--n-docs", type=int, default=24, help="token-budget: SciFact documents")
+    p.add_argument("--n-queries", type=int, default=48, help="token-budget: SciFact queries")
     p.add_argument("--first-load", action="store_true",
                    help="load: also time a first load on an empty cache (GGUF conversion, ~1 min)")
     return p
@@ -66,13 +75,16 @@ DEFAULTS = {
     "construct": ((3, 3), 0, 0),
     "tokenizer": ((3, 3), 0, 0),
     "load": ((1, 1), 0, 4),
+    "token-budget": ((4, 4), 0, 0),
+    "baseline": ((8, 6), 16, 4),
+    "startup": ((3, 3), 0, 0),
 }
 
 
 def run_suite(name: str, args) -> Path:
     import torch
 
-    from tp_rag.models import load_model
+    from tp_rag.models import load_model, resolve_dtype
     from tp_rag.presets import preset_config
 
     from tp_rag_eval.bench import common, suites
@@ -98,6 +110,8 @@ def run_suite(name: str, args) -> Path:
         "sentences_file": str(args.sentences), "corpus_file": str(args.corpus),
         "n_sentences": n_s, "n_passages": n_p,
     }
+    choice = resolve_dtype(args.dtype, torch.device("cpu"))
+    settings["dtype_resolved"], settings["dtype_reason"] = choice.name, choice.reason
     sets = {}
     wanted = [s for s in args.sets.split(",") if s]
     if n_s and "sentences" in wanted:
@@ -147,6 +161,32 @@ def run_suite(name: str, args) -> Path:
         counts = sorted({1, default_threads, *[int(x) for x in args.thread_counts.split(",") if x]})
         settings["thread_counts"] = counts
         results["sentences"] = suites.bench_threads(load(args.dtype), base, sets["sentences"], counts, reps_s)
+    elif name == "token-budget":
+        from tp_rag_eval.bench.budget import bench_token_budget, load_mixed_scifact
+
+        budgets = [int(x) for x in args.budgets.split(",") if x]
+        texts = load_mixed_scifact(args.corpus.parent, args.n_docs, args.n_queries)
+        settings.update(budgets=budgets, n_docs=args.n_docs, n_queries=args.n_queries,
+                        beir_folder=str(args.corpus.parent))
+        results["scifact_mixed"] = bench_token_budget(load(args.dtype), base, texts, budgets, reps_s)
+    elif name == "baseline":
+        from tp_rag.models import _resolve_reference
+
+        from tp_rag_eval.bench.baseline import bench_baseline, load_causal
+
+        dtypes = list(dict.fromkeys(["float32", choice.name]))  # float32 and what auto picks
+        settings.update(baseline_dtypes=dtypes, matmul_n=args.matmul_n)
+        for dtype in dtypes:
+            causal, loaded = load_causal(_resolve_reference(base.model), dtype)
+            cfg = base.model_copy(update={"dtype": dtype})
+            for set_name, texts in sets.items():
+                results[f"{set_name}_{dtype}"] = bench_baseline(
+                    causal, loaded, cfg, texts, reps_for(set_name), args.matmul_n)
+            del causal, loaded
+    elif name == "startup":
+        from tp_rag_eval.bench.load import bench_startup
+
+        results["bundled"] = bench_startup(reps_s, threads=args.threads)
     elif name == "load":
         settings["first_load"] = args.first_load
         dtypes = [d for d in args.load_dtypes.split(",") if d]

@@ -142,3 +142,43 @@ def bench_tokenizer_load(folder: str, reps: int = 3) -> dict:
         "same_ids_auto_vs_fast": same,
         "timing_raw": timing,
     }, 4)
+
+
+STARTUP_COMMANDS = {
+    # a cached load to a ready encoder, the way a user's script starts
+    "from_preset": [sys.executable, "-c",
+                    "from tp_rag import Encoder; Encoder.from_preset('gemma-3-270m')"],
+    # the whole command line, one embedding written to stdout
+    "embed_hello": [sys.executable, "-m", "tp_rag.cli", "embed", "hello"],
+}
+
+
+def bench_startup(reps: int = 3, threads: Optional[int] = None, timeout: float = 300) -> dict:
+    """Fresh processes, alternated: wall time and the child's CPU time (user + system) of each
+    command in :data:`STARTUP_COMMANDS` (the bundled model's cache must exist already)."""
+    import resource
+
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        env["TP_RAG_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
+    names = list(STARTUP_COMMANDS)
+    wall: dict = {n: [] for n in names}
+    cpu: dict = {n: [] for n in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            proc = subprocess.run(STARTUP_COMMANDS[name], env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+            wall[name].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return rounded({
+        "commands": {n: " ".join(c[2:] if c[1] == "-m" else c[1:]) for n, c in STARTUP_COMMANDS.items()},
+        "wall_s": {n: quantiles(v) for n, v in wall.items()},
+        "cpu_s": {n: quantiles(v) for n, v in cpu.items()},
+        "timing_raw": {"wall_s": wall, "cpu_s": cpu},
+    }, 4)
