@@ -21,6 +21,7 @@ from tp_rag.index.trust import UntrustedModelError, check_trusted
 from tp_rag.index.storage import (
     IndexFormatError,
     Manifest,
+    MissingDataFileError,
     now,
     read_docs,
     read_faiss,
@@ -34,6 +35,7 @@ PathLike = Union[str, Path]
 AUTO = "auto"  # checkpoint_dir default: <tp-rag cache>/index-chunks
 DEFAULT_TRAIN_SIZE = 100_000
 _MAX_NAMED = 10
+_LOAD_ATTEMPTS = 5  # loads that may start again because a concurrent save replaced the files
 # Centering is fitted once the index holds this many vectors: the mean of a handful of
 # documents is mostly those documents, and subtracting it would erase them.
 MIN_CENTERING_DOCS = 32
@@ -604,8 +606,25 @@ class FaissIndex:
         :class:`UntrustedModelError` (BM25 search, delete and save need no model). A given
         encoder must match the manifest's settings and dimension (:class:`EncoderMismatchError`).
         Truncated, corrupted or inconsistent files raise :class:`IndexFormatError`.
+
+        A save that replaces the folder while it is read (it removes the files of the generation
+        before the previous one) makes the load start again from the new manifest.
         """
         path = Path(path)
+        for attempt in range(_LOAD_ATTEMPTS):
+            try:
+                return cls._load_generation(path, encoder, device=device, dtype=dtype,
+                                            batch_size=batch_size, trust_model=trust_model)
+            except MissingDataFileError as err:
+                current = {entry.name for entry in read_manifest(path).files.values()}
+                if err.name in current or attempt == _LOAD_ATTEMPTS - 1:
+                    raise  # really missing, not replaced by a newer save
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_generation(cls, path: Path, encoder, *, device, dtype, batch_size,
+                         trust_model) -> "FaissIndex":
+        """One attempt of :meth:`load`: the manifest read now and the files it names."""
         manifest = read_manifest(path)
         built = manifest_config(manifest)
         runtime = {k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size}.items()

@@ -55,6 +55,15 @@ class IndexFormatError(ValueError):
     """An index folder is missing pieces, corrupted, truncated or of an unknown format."""
 
 
+class MissingDataFileError(IndexFormatError):
+    """A data file the manifest names is not there (``name``): the folder is incomplete, or a
+    newer save replaced it while the folder was being read."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 class LegacyIndexWarning(UserWarning):
     """The index folder was written by an older tp-rag (no manifest checksum)."""
 
@@ -156,7 +165,7 @@ def save_folder(path: Path, index: faiss.Index, records: Iterable[dict], manifes
             token = uuid.uuid4().hex[:16]
             entries = {
                 "faiss": _write_file(path / f"index-{token}.faiss",
-                                     lambda tmp: faiss.write_index(index, str(tmp)), written),
+                                     lambda tmp: _write_faiss(tmp, index), written),
                 "docs": _write_file(path / f"docs-{token}.jsonl",
                                     lambda tmp: _write_records(tmp, records), written),
             }
@@ -241,6 +250,16 @@ def _write_file(final: Path, write: Callable[[Path], None], written: list[Path])
     written.append(final)
     _reached(f"{final.name.split('-')[0]}-renamed")
     return {"name": final.name, "bytes": size, "sha256": digest}
+
+
+def _write_faiss(tmp: Path, index: faiss.Index) -> None:
+    open(tmp, "wb").close()  # a read-only folder or a full disk fails here as an OSError
+    try:
+        faiss.write_index(index, str(tmp))
+    except RuntimeError as err:  # FAISS reports I/O failures (a full disk) as RuntimeError
+        from tp_rag.index.factory import _first_line
+
+        raise OSError(errno_codes.EIO, f"FAISS could not write {tmp.name}: {_first_line(err)}") from None
 
 
 def _write_records(tmp: Path, records: Iterable[dict]) -> None:
@@ -350,7 +369,7 @@ def _check_manifest_checksum(file: Path, data: dict) -> None:
 def verify_file(path: Path, entry: FileEntry) -> Path:
     file = path / entry.name
     if not file.is_file():
-        raise IndexFormatError(f"{path} is incomplete: {entry.name} is missing")
+        raise MissingDataFileError(f"{path} is incomplete: {entry.name} is missing", entry.name)
     size = file.stat().st_size
     if size != entry.bytes:
         raise IndexFormatError(
