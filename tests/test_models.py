@@ -180,3 +180,72 @@ def test_unknown_hub_id_fails_fast_when_the_hub_does_not_answer(blackhole):
 def test_invalid_hub_id_is_named():
     with pytest.raises(ModelNotFoundError, match="not a valid hub id"):
         Encoder(EncoderConfig(model="a/b/c--"))
+
+
+# -- start-up: the converted folder's fast tokenizer and stored placeholder vector -----------------
+PROBES = ['This sentence : "A man is playing a guitar." means in one word:"', "x", "",
+          "Cats sleep <PST> on the sofa.  Two  spaces\tand a tab.", "What is the capital of France?"]
+
+
+@pytest.fixture
+def converted_folder(tmp_path, monkeypatch):
+    """A tiny model written where converted GGUF files are cached (what _is_converted knows)."""
+    monkeypatch.setenv("TP_RAG_CACHE", str(tmp_path / "cache"))
+    return save_tiny_model(tmp_path / "cache" / "converted" / "0123abcd-transformers-x", arch="gemma3")
+
+
+def test_converted_folder_loads_the_fast_tokenizer_with_the_same_ids(converted_folder):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    loaded = models.load_model(str(converted_folder), device="cpu", dtype="float32")
+    auto = AutoTokenizer.from_pretrained(converted_folder)
+    assert type(loaded.tokenizer) is PreTrainedTokenizerFast
+    for special in (True, False):
+        assert (loaded.tokenizer(PROBES, add_special_tokens=special)["input_ids"]
+                == auto(PROBES, add_special_tokens=special)["input_ids"])
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        assert getattr(loaded.tokenizer, name) == getattr(auto, name) is not None
+
+
+def test_mean_vector_is_stored_once_and_equals_the_computed_one(converted_folder):
+    first = models.load_model(str(converted_folder), device="cpu", dtype="float32")
+    stored = converted_folder / "pst-mean-float32.safetensors"
+    assert stored.is_file()
+    computed = models.mean_input_embedding(first.decoder.get_input_embeddings())
+    assert torch.equal(first.pst_vectors["mean"], computed)
+    mtime = stored.stat().st_mtime_ns
+    second = models.load_model(str(converted_folder), device="cpu", dtype="float32")
+    assert stored.stat().st_mtime_ns == mtime  # read, not rewritten
+    assert torch.equal(second.pst_vectors["mean"], computed)
+    # encoders over it use the stored vector and give what a freshly computed one gives
+    config = EncoderConfig(model=str(converted_folder), tp_exit=3, device="cpu")
+    with_stored = Encoder(config, loaded=second).encode(PROBES[:2] + PROBES[3:])
+    second.pst_vectors.clear()
+    recomputed = Encoder(config, loaded=second).encode(PROBES[:2] + PROBES[3:])
+    assert (with_stored == recomputed).all()
+
+
+def test_a_damaged_mean_vector_file_is_recomputed(converted_folder):
+    stored = converted_folder / "pst-mean-float32.safetensors"
+    stored.write_bytes(b"not a safetensors file")
+    loaded = models.load_model(str(converted_folder), device="cpu", dtype="float32")
+    expected = models.mean_input_embedding(loaded.decoder.get_input_embeddings())
+    assert torch.equal(loaded.pst_vectors["mean"], expected)
+    assert stored.stat().st_size > 100  # replaced by a good one
+
+
+def test_other_folders_keep_autotokenizer(tiny_folder):
+    loaded = models.load_model(str(tiny_folder), device="cpu", dtype="float32")
+    assert "mean" not in loaded.pst_vectors  # computed by the encoder when needed
+    assert type(loaded.tokenizer).__name__ != "PreTrainedTokenizerFast" or not models._is_converted(str(tiny_folder))  # noqa: SLF001
+
+
+@pytest.mark.real_model
+def test_bundled_fast_tokenizer_matches_autotokenizer():
+    from transformers import AutoTokenizer
+
+    folder = models.converted_bundled()
+    fast, auto = models.fast_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    for special in (True, False):
+        assert fast(PROBES, add_special_tokens=special)["input_ids"] == auto(PROBES, add_special_tokens=special)["input_ids"]
+    assert (fast.pad_token_id, fast.eos_token_id, fast.bos_token_id) == (auto.pad_token_id, auto.eos_token_id, auto.bos_token_id)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from tp_rag.batching import build_rows, iter_batches
 from tp_rag.config import EncoderConfig
-from tp_rag.models import LoadedModel, find_decoder_layers, load_model
+from tp_rag.models import LoadedModel, find_decoder_layers, load_model, mean_input_embedding
 from tp_rag.presets import DEFAULT_PRESET, all_presets, preset_config
 from tp_rag.prompts import RenderedTemplate, preprocess_sentence, render_template
 from tp_rag.runner import Runner
@@ -95,14 +95,7 @@ class Encoder:
                 return torch.zeros(embed.weight.shape[1], device=device)
             if self.config.pst_init == "pad":
                 return embed(torch.tensor([self.pad_id], device=device))[0]
-            # Mean over the vocabulary, through the embedding module so any scaling it applies
-            # (Gemma 3) is included; chunked to bound memory on large vocabularies.
-            total = torch.zeros(embed.weight.shape[1], dtype=torch.float64, device=device)
-            vocab = embed.weight.shape[0]
-            for start in range(0, vocab, 16384):
-                ids = torch.arange(start, min(start + 16384, vocab), device=device)
-                total += embed(ids).double().sum(0)
-            return (total / vocab).to(embed.weight.dtype)
+            return mean_input_embedding(embed)  # the same as load_model's cached vector
 
     # -- properties ---------------------------------------------------------------------------
     @property
