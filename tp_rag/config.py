@@ -43,10 +43,11 @@ class EncoderConfig(BaseModel):
     tp_start: int = Field(1, ge=0, description="First decoder layer (0-based) with TP.")
     tp_exit: int = Field(7, ge=1, description="TP applies before layers tp_start..tp_exit-1.")
     output_layer: int = Field(-1, description="Hidden state taken as the embedding (-1 = last).")
-    pst_init: Literal["mean", "zeros", "pad"] = Field(
+    pst_init: Literal["mean", "zeros", "pad", "random"] = Field(
         "mean",
         description="Input vector at the placeholder before TP overwrites it: the mean input "
-        "embedding of the vocabulary, zeros, or the pad token's embedding.",
+        "embedding of the vocabulary, zeros, the pad token's embedding, or a seeded "
+        "standard-normal vector (the reference code's choice).",
     )
     preprocess: bool = Field(
         False, description="Paper's sentence normalisation (final full stop, quotes -> ')."

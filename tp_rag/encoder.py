@@ -38,6 +38,9 @@ class Encoder:
         self.num_layers = len(self._loaded.layers)
         self.output_layer = self._resolve_layers()
         self.pad_id = _pad_id(self.tokenizer)
+        # Batch layout, like batch_size not a vector setting: positions come from the mask, so
+        # "right" gives the same vectors (an ablation checks it; tests pin it).
+        self.padding_side: Literal["left", "right"] = "left"
         self._runner = Runner(self._loaded.decoder, self._loaded.layers, self._pst_vector())
         self._templates: dict[Kind, list[RenderedTemplate]] = {}
         self._lock = threading.Lock()
@@ -95,6 +98,8 @@ class Encoder:
                 return torch.zeros(embed.weight.shape[1], device=device)
             if self.config.pst_init == "pad":
                 return embed(torch.tensor([self.pad_id], device=device))[0]
+            if self.config.pst_init == "random":
+                return random_pst_vector(embed)
             return mean_input_embedding(embed)  # the same as load_model's cached vector
 
     # -- properties ---------------------------------------------------------------------------
@@ -194,7 +199,7 @@ class Encoder:
         shape = (self.num_layers, len(texts), self.dim) if all_layers else (len(texts), self.dim)
         total = torch.zeros(shape, dtype=torch.float64)
         with self._lock, tqdm(total=len(rows), disable=not show, desc="Encoding", unit="text") as bar:
-            for chosen, batch in iter_batches(rows, size, self.pad_id):
+            for chosen, batch in iter_batches(rows, size, self.pad_id, side=self.padding_side):
                 if all_layers:
                     states = self._runner.all_layers(batch, tp_range)
                 else:
@@ -268,6 +273,23 @@ def _check_texts(texts) -> list[str]:
         if not text.strip():
             raise ValueError(f"texts[{i}] is empty or whitespace only; there is nothing to embed")
     return items
+
+
+RANDOM_PST_SEED = 3407  # the seed the reference code's evaluate.py sets
+
+
+def random_pst_vector(embed: torch.nn.Module, seed: int = RANDOM_PST_SEED) -> torch.Tensor:
+    """The reference code's placeholder: it writes ``torch.randn(dim)`` (standard normal,
+    unscaled: far larger in norm than a real token's embedding) into the new <PST> row of the
+    embedding table, so the vector also gets the embedding module's own scale (Gemma 3:
+    sqrt(dim)). Drawn from a CPU generator with a fixed seed: the same vector on any device
+    (not the reference's exact draw, which came from its CUDA generator)."""
+    weight = embed.weight
+    vector = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    scale = getattr(embed, "embed_scale", None)
+    if scale is not None:
+        vector = vector * float(scale)
+    return vector.to(device=weight.device, dtype=weight.dtype)
 
 
 def _pad_id(tokenizer) -> int:

@@ -3,9 +3,16 @@
 For each ``tp_exit`` (TP before layers ``tp_start..tp_exit-1``) and for vanilla, one pass of
 ``encode_all_layers`` scores every output layer. Writes ``sweep_stsb_dev_<prompt>.json`` (grid,
 best TP and best vanilla setting), ``.md`` and a heat-map ``.png``. Rows already in the JSON (same
-settings) are reused, so a stopped sweep resumes.
+settings) are reused, so a stopped sweep resumes; a file with other settings is not replaced
+without ``--overwrite``.
+
+Ablation knobs (``--pst-init``, ``--tp-start``, ``--no-preprocess``, ``--padding-side``) need a
+``--tag``, which goes into the file names (``sweep_stsb_dev_<prompt>_<tag>.*``), so an ablation
+never replaces the main sweep that ``--from-sweep`` reads.
 
     python -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10
+    python -m tp_rag_eval.sweep --prompt prompteol --pst-init random --tag pst-random
+    python -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --out-dir eval/results/qwen2.5-coder-0.5b
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from tp_rag_eval.sts import evaluate_all_layers
 from tp_rag_eval.sts_data import load_task
 
 TASK = "STSB-dev"
+# The main sweep's settings; any other value of these is an ablation and needs --tag.
+ABLATION_DEFAULTS = {"pst_init": "mean", "tp_start": 1, "preprocess": True, "padding_side": "left"}
+
+
+def sweep_stem(prompt: str, tag: Optional[str] = None) -> str:
+    return f"sweep_stsb_dev_{prompt}" + (f"_{tag}" if tag else "")
 
 
 def row_name(tp_exit: Optional[int], tp_start: int) -> str:
@@ -129,10 +142,12 @@ def heatmap(record: dict, path: Path) -> None:
 def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[int], data: Path,
               out_dir: Optional[Path], limit: Optional[int] = None, vanilla: bool = True,
               settings: Optional[dict] = None, show_progress: bool = True,
-              sample: Optional[int] = None, seed: int = 0) -> dict:
+              sample: Optional[int] = None, seed: int = 0, tag: Optional[str] = None,
+              overwrite: bool = False) -> dict:
     """``encoder_factory(tp_exit or None) -> Encoder``; returns the record (also written)."""
     subsets = load_task(data, TASK, limit, sample, seed)
-    json_path = out_dir / f"sweep_stsb_dev_{prompt}.json" if out_dir else None
+    stem = sweep_stem(prompt, tag)
+    json_path = out_dir / f"{stem}.json" if out_dir else None
     rows: list[Optional[int]] = ([None] if vanilla else []) + list(tp_exits)
     grid: dict[str, dict] = {}
     base_settings = None
@@ -142,6 +157,11 @@ def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[in
         if same(old["settings"]) == same(settings):
             grid = old["results"]["grid"]
             print(f"[sweep] resuming: {len(grid)} rows from {json_path}", file=sys.stderr)
+        elif not overwrite:
+            before, now = same(old["settings"]), same(settings)
+            differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise SystemExit(f"{json_path} holds a sweep with other settings ({', '.join(differ)}); "
+                             "use --tag or --out-dir for this one, or --overwrite to replace it")
     record = None
     for tp_exit in rows:
         name = row_name(tp_exit, tp_start)
@@ -164,8 +184,8 @@ def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[in
     if record is None:  # everything was cached
         record = json.loads(json_path.read_text())
     if out_dir:
-        (out_dir / f"sweep_stsb_dev_{prompt}.md").write_text(markdown(record))
-        heatmap(record, out_dir / f"sweep_stsb_dev_{prompt}.png")
+        (out_dir / f"{stem}.md").write_text(markdown(record))
+        heatmap(record, out_dir / f"{stem}.png")
     return record
 
 
@@ -174,12 +194,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default_data_root())
     ap.add_argument("--preset", default="gemma-3-270m")
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None,
+                    help="override the preset's model (also an extra model name, e.g. "
+                    "qwen2.5-coder-0.5b: python -m tp_rag_eval.extra_models --list)")
     ap.add_argument("--prompt", default="prompteol")
     ap.add_argument("--tp-start", type=int, default=1)
     ap.add_argument("--tp-exits", type=int, nargs="+", default=list(range(2, 11)))
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false")
     ap.add_argument("--no-preprocess", dest="preprocess", action="store_false")
+    ap.add_argument("--pst-init", choices=["mean", "zeros", "pad", "random"], default="mean",
+                    help="the placeholder's input vector (random: the reference code's)")
+    ap.add_argument("--padding-side", choices=["left", "right"], default="left",
+                    help="batch padding side (vectors should not depend on it)")
+    ap.add_argument("--tag", default=None,
+                    help="suffix of the output files: sweep_stsb_dev_<prompt>_<tag>.*")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing sweep file that has other settings")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
@@ -192,37 +222,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--rerender", action="store_true",
                     help="recompute 'best', the table and the heat map from the saved grid only")
     args = ap.parse_args(argv)
+    if args.tag is not None and not args.tag.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        ap.error(f"--tag {args.tag!r}: use letters, digits, '-', '_' or '.'")
+    ablated = [k for k, v in ABLATION_DEFAULTS.items() if getattr(args, k) != v]
+    if ablated and not args.tag:
+        ap.error(f"{', '.join('--' + k.replace('_', '-') for k in ablated)} differ from the main "
+                 "sweep's settings: add --tag NAME so the main sweep file is not replaced")
+    stem = sweep_stem(args.prompt, args.tag)
     if args.rerender:
-        path = args.out_dir / f"sweep_stsb_dev_{args.prompt}.json"
+        path = args.out_dir / f"{stem}.json"
         record = json.loads(path.read_text())
         record["results"]["best"] = best_of(record["results"]["grid"])
         record.setdefault("rerendered", []).append(
             {"date": run_record("x", {}, None)["date"], "command": run_record("x", {}, None)["command"]})
         write_json(path, record)
-        (args.out_dir / f"sweep_stsb_dev_{args.prompt}.md").write_text(markdown(record))
-        heatmap(record, args.out_dir / f"sweep_stsb_dev_{args.prompt}.png")
+        (args.out_dir / f"{stem}.md").write_text(markdown(record))
+        heatmap(record, args.out_dir / f"{stem}.png")
         print(json.dumps(record["results"]["best"], indent=1))
         return 0
 
     from tp_rag import Encoder
     from tp_rag.models import load_model
     from tp_rag.presets import preset_config
+    from tp_rag_eval.extra_models import resolve_model
 
     common = dict(prompt=args.prompt, preprocess=args.preprocess, max_length=args.max_length,
                   batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                  tp_start=args.tp_start, output_layer=-1)
+                  tp_start=args.tp_start, output_layer=-1, pst_init=args.pst_init)
     if args.model:
-        common["model"] = args.model
+        common["model"] = resolve_model(args.model)  # an extra model name -> its assembled file
     base = preset_config(args.preset, **common)
     loaded = load_model(base.model, device=base.device, dtype=base.dtype)
     check_tokenizer(loaded.tokenizer)
 
     def factory(tp_exit):
         if tp_exit is None:
-            return Encoder(preset_config(args.preset, **common, token_prepending=False),
-                           loaded=loaded)
-        return Encoder(preset_config(args.preset, **common, token_prepending=True,
-                                     tp_exit=tp_exit), loaded=loaded)
+            encoder = Encoder(preset_config(args.preset, **common, token_prepending=False),
+                              loaded=loaded)
+        else:
+            encoder = Encoder(preset_config(args.preset, **common, token_prepending=True,
+                                            tp_exit=tp_exit), loaded=loaded)
+        encoder.padding_side = args.padding_side
+        return encoder
 
     settings = {"model": base.model, "prompt": args.prompt, "preprocess": args.preprocess,
                 "max_length": args.max_length, "pst_init": base.pst_init, "dtype": args.dtype,
@@ -230,9 +271,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "data": str(args.data)}
     if args.sample:  # only when used, so earlier sweep files keep resuming
         settings.update(sample=args.sample, seed=args.seed)
+    if args.padding_side != "left":  # likewise recorded only when ablated
+        settings["padding_side"] = args.padding_side
+    if args.tag:
+        settings["tag"] = args.tag
     record = run_sweep(factory, args.prompt, args.tp_start, args.tp_exits, args.data,
                        args.out_dir, args.limit, args.vanilla, settings,
-                       sample=args.sample, seed=args.seed)
+                       sample=args.sample, seed=args.seed, tag=args.tag,
+                       overwrite=args.overwrite)
     print(json.dumps(record["results"]["best"], indent=1))
     return 0
 
