@@ -189,8 +189,13 @@ def _short(row: dict) -> str:
 
 def iter_jsonl(file: Path) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for each non-blank line; a clear error for bad lines."""
-    with open(file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(file, "rb") as handle:  # decoded line by line, so an error names its line
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:  # a binary file or another encoding
+                raise ValueError(f"{file}:{number}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start}); JSONL must be UTF-8") from None
             if not line.strip():
                 continue
             try:

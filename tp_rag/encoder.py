@@ -157,6 +157,7 @@ class Encoder:
         items = _check_texts([texts] if single else texts)
         normalize = self.config.normalize if normalize is None else normalize
         states = self._embed(items, kind, batch_size, show_progress, all_layers=False)
+        _check_finite(states, self.config.model)
         if normalize:
             states = torch.nn.functional.normalize(states, dim=-1)
         out = states[0] if single else states
@@ -261,6 +262,20 @@ def resolve_encoder(
             "settings, or settings that match it."
         )
     return encoder
+
+
+class NonFiniteEmbeddingError(RuntimeError):
+    """The model produced NaN or infinite hidden states: broken weights or an unsuitable dtype."""
+
+
+def _check_finite(states: torch.Tensor, model: str) -> None:
+    """Refuse NaN/inf vectors: indexed, they never match anything (a silent wrong answer)."""
+    bad = (~torch.isfinite(states)).any(dim=-1).nonzero().flatten().tolist()
+    if bad:
+        raise NonFiniteEmbeddingError(
+            f"the model {model!r} produced NaN or infinite embeddings for {len(bad)} of "
+            f"{len(states)} texts (first: text {bad[0]}); its weights are broken or the dtype "
+            "overflows (try --dtype float32)")
 
 
 def _check_texts(texts) -> list[str]:

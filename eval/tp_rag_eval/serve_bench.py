@@ -5,6 +5,12 @@ HTTP (batched vs unbatched server, 1/8/32 concurrent clients, one short text per
 
     python -m tp_rag_eval.serve_bench http --requests 200 --concurrency 1 8 32 --time-limit 120
 
+Soak (one server past its capacity: 1/8/32/128 clients, mixed request sizes, some malformed
+requests and some clients that hang up mid-request; status counts by kind, p50/p99, peak RSS
+and RSS growth; every 5xx but the intended 503 is counted as unexpected)::
+
+    python -m tp_rag_eval.serve_bench soak --tiny --concurrency 1 8 32 128 --requests-per-level 400
+
 Ray (documents/s for 1 and 2 actors, and the single-process path, on SciFact documents)::
 
     python -m tp_rag_eval.serve_bench ray --docs 256 --actors 1 2
@@ -270,6 +276,208 @@ def http_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- soak -------------------------------------------------------------------------------------------------
+SOAK_KINDS = ("small", "medium", "large", "malformed", "disconnect")
+
+
+def rss_mb(pid: int) -> Optional[float]:
+    """Resident memory of a process from /proc (Linux), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def soak_request(rng, texts: list[str], kind: str) -> tuple[Optional[dict], Optional[bytes]]:
+    """The body of one soak request: JSON for the sizes, raw bytes or a bad shape for malformed."""
+    sizes = {"small": 1, "medium": 8, "large": 32, "disconnect": 8}
+    if kind == "malformed":
+        bad = rng.integers(4)
+        if bad == 0:
+            return None, b'{"input": ["unterminated'
+        return [{"input": [], "model": "bench"}, {"input": 42, "model": "bench"},
+                {"input": ["ok", ""], "model": "bench"}][bad - 1], None
+    n = sizes[kind]
+    start = int(rng.integers(len(texts)))
+    batch = [texts[(start + i) % len(texts)] for i in range(n)]
+    if kind == "large":  # long inputs too: each text repeated up to 8 times
+        batch = [" ".join([t] * int(rng.integers(1, 9))) for t in batch]
+    return {"input": batch, "model": "bench"}, None
+
+
+async def soak_level(url: str, texts: list[str], concurrency: int, requests: int, seconds: float,
+                     mix: dict, seed: int, pid: int, disconnect_after_s: float) -> dict:
+    """``requests`` requests (at most ``seconds``) from ``concurrency`` clients; per kind the
+    status counts; latencies of the 200s; RSS sampled every 0.25 s."""
+    import httpx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    kinds = list(mix)
+    weights = np.array([mix[k] for k in kinds], dtype=float)
+    plan = [kinds[i] for i in rng.choice(len(kinds), size=requests, p=weights / weights.sum())]
+    counts: dict[str, dict[str, int]] = {k: {} for k in kinds}
+    latencies: list[float] = []
+    rss: list[float] = []
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    def count(kind: str, outcome: str) -> None:
+        counts[kind][outcome] = counts[kind].get(outcome, 0) + 1
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def sample_rss():
+            while True:
+                value = rss_mb(pid)
+                if value is not None:
+                    rss.append(value)
+                await asyncio.sleep(0.25)
+
+        async def worker():
+            nonlocal issued
+            while issued < len(plan) and time.perf_counter() < deadline:
+                kind = plan[issued]
+                issued += 1
+                body, raw = soak_request(rng, texts, kind)
+                t0 = time.perf_counter()
+                try:
+                    if raw is not None:
+                        r = await client.post("/v1/embeddings", content=raw,
+                                              headers={"content-type": "application/json"})
+                    elif kind == "disconnect":  # hang up before the answer comes
+                        r = await client.post("/v1/embeddings", json=body,
+                                              timeout=disconnect_after_s)
+                    else:
+                        r = await client.post("/v1/embeddings", json=body)
+                    count(kind, str(r.status_code))
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                except httpx.TimeoutException:
+                    count(kind, "client hung up" if kind == "disconnect" else "client timeout")
+                except httpx.HTTPError as err:
+                    count(kind, type(err).__name__)
+
+        sampler = asyncio.ensure_future(sample_rss())
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        sampler.cancel()
+        await asyncio.sleep(max(1.0, disconnect_after_s))  # let dropped work settle
+        health = (await client.get("/health")).json()
+    statuses = {}
+    for per_kind in counts.values():
+        for outcome, n in per_kind.items():
+            statuses[outcome] = statuses.get(outcome, 0) + n
+    unexpected = sum(n for o, n in statuses.items() if o.startswith("5") and o != "503")
+    malformed_ok = all(o == "400" for o in counts.get("malformed", {}))
+    return {
+        "concurrency": concurrency, "requests_planned": requests, "requests_sent": issued,
+        "seconds": round(elapsed, 2), "stopped_by_time_limit": issued < requests,
+        "ok": len(latencies), "throughput_ok_rps": round(len(latencies) / elapsed, 2) if elapsed else None,
+        "latency_ms": {k: round(v * 1000, 1) if v is not None else None for k, v in {
+            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+            "max": max(latencies) if latencies else None}.items()},
+        "statuses": statuses, "by_kind": counts, "unexpected_5xx": unexpected,
+        "malformed_all_400": malformed_ok,
+        "rss_mb": {"start": round(rss[0], 1) if rss else None, "end": round(rss[-1], 1) if rss else None,
+                   "peak": round(max(rss), 1) if rss else None},
+        "server_batching": health["batching"], "queued_after": health["queued_texts"],
+    }
+
+
+def run_soak(args) -> dict:
+    texts, source = short_texts()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from tp_rag.testing import save_tiny_model
+
+            encoder_args = ["--model", str(save_tiny_model(Path(tmp) / "tiny")), "--tp-exit", "3",
+                            "--device", "cpu"]
+        else:
+            encoder_args = ["--preset", args.preset] if args.model is None else ["--model", args.model]
+        encoder_args += args.encoder_arg or []
+        server_args = ["--max-queue", str(args.max_queue), "--retry-after", "1",
+                       "--request-timeout", str(args.request_timeout), "--max-batch",
+                       str(args.max_batch)]
+        mix = dict(zip(SOAK_KINDS, args.mix))
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server's torch threads
+        record = {"kind": "serve_soak", "command": command(), "environment": environment(),
+                  "settings": {"encoder_args": [a if not a.startswith(tmp) else "<tiny model>"
+                                                for a in encoder_args],
+                               "server_args": server_args, "texts": source, "mix": mix,
+                               "concurrency": args.concurrency,
+                               "requests_per_level": args.requests_per_level,
+                               "seconds_per_level": args.seconds_per_level,
+                               "disconnect_after_s": args.disconnect_after, "seed": args.seed,
+                               "server_torch_threads": args.threads},
+                  "results": []}
+        with ServerProcess(encoder_args, server_args) as server:
+            pid = server.proc.pid
+            asyncio.run(load(server.url, texts, args.warmup, 1, 60))  # warm-up, not counted
+            record["rss_after_warmup_mb"] = rss_mb(pid)
+            for n, concurrency in enumerate(args.concurrency):
+                row = asyncio.run(soak_level(
+                    server.url, texts, concurrency, args.requests_per_level,
+                    args.seconds_per_level, mix, args.seed + n, pid, args.disconnect_after))
+                record["results"].append(row)
+                print(f"[soak] c={concurrency}: {row['ok']} ok, {row['throughput_ok_rps']} req/s, "
+                      f"p50 {row['latency_ms']['p50']} ms, p99 {row['latency_ms']['p99']} ms, "
+                      f"statuses {row['statuses']}, rss {row['rss_mb']}", file=sys.stderr, flush=True)
+            record["rss_at_end_mb"] = rss_mb(pid)
+    rows = record["results"]
+    record["summary"] = {
+        "unexpected_5xx": sum(r["unexpected_5xx"] for r in rows),
+        "malformed_all_400": all(r["malformed_all_400"] for r in rows),
+        "peak_rss_mb": max((r["rss_mb"]["peak"] or 0) for r in rows) if rows else None,
+        "rss_growth_mb": (round(record["rss_at_end_mb"] - record["rss_after_warmup_mb"], 1)
+                          if record["rss_at_end_mb"] and record["rss_after_warmup_mb"] else None),
+        "queued_after_each_level": [r["queued_after"] for r in rows],
+    }
+    record["environment"]["load_average_after"] = list(os.getloadavg())
+    return record
+
+
+def soak_markdown(record: dict) -> str:
+    env, s, summary = record["environment"], record["settings"], record["summary"]
+    lines = [
+        "# tp-rag serve: soak past capacity", "",
+        f"Command: `{record['command']}`  ",
+        f"Date: {env['date']}; {env['cpus']} CPUs, load average before "
+        f"{', '.join(f'{x:.1f}' for x in env['load_average'])}, after "
+        f"{', '.join(f'{x:.1f}' for x in env.get('load_average_after', []))} (a shared machine).  ",
+        f"Server on 127.0.0.1: `{' '.join(s['encoder_args'])} {' '.join(s['server_args'])}`, "
+        f"{s.get('server_torch_threads')} torch thread(s).  ",
+        f"Request mix (weights): {s['mix']}; small = 1 text, medium = 8, large = 32 texts of up "
+        f"to 8x length; malformed = bad JSON, empty list, a number, an empty string; disconnect = "
+        f"8 texts, the client hangs up after {s['disconnect_after_s']} s. Texts: {s['texts']}.  ",
+        f"Each level: up to {s['requests_per_level']} requests, at most {s['seconds_per_level']} s.",
+        "",
+        "| clients | sent | ok | ok req/s | p50 ms | p99 ms | statuses | unexpected 5xx | RSS peak MiB | dropped | refused |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in record["results"]:
+        lat, b = r["latency_ms"], r["server_batching"]
+        note = " (time limit)" if r["stopped_by_time_limit"] else ""
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+        lines.append(f"| {r['concurrency']} | {r['requests_sent']}{note} | {r['ok']} | "
+                     f"{r['throughput_ok_rps']} | {lat['p50']} | {lat['p99']} | {statuses} | "
+                     f"{r['unexpected_5xx']} | {r['rss_mb']['peak']} | {b.get('dropped')} | "
+                     f"{b.get('refused')} |")
+    lines += ["", f"Unexpected 5xx in all: {summary['unexpected_5xx']}; malformed requests all "
+              f"got 400: {summary['malformed_all_400']}; peak RSS {summary['peak_rss_mb']} MiB; "
+              f"RSS after warm-up {record.get('rss_after_warmup_mb') and round(record['rss_after_warmup_mb'], 1)} MiB, "
+              f"at the end {record.get('rss_at_end_mb') and round(record['rss_at_end_mb'], 1)} MiB "
+              f"(growth {summary['rss_growth_mb']} MiB); texts still queued after each level: "
+              f"{summary['queued_after_each_level']}. `dropped`/`refused` are the server's "
+              "cumulative counts of requests whose client left before their run, and of 503s."]
+    return "\n".join(lines) + "\n"
+
+
 # -- ray --------------------------------------------------------------------------------------------------
 def run_ray(args) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -360,6 +568,26 @@ def main(argv=None) -> None:
     http.add_argument("--modes", nargs="+", default=["batched", "unbatched"],
                       choices=["batched", "unbatched"])
     http.add_argument("--name", default="http_load")
+    soak = sub.add_parser("soak", help="overload and fault soak of one HTTP server")
+    soak.add_argument("--preset", default="gemma-3-270m")
+    soak.add_argument("--model", help="model path/id instead of --preset")
+    soak.add_argument("--tiny", action="store_true", help="a tiny random model (fast, for CI)")
+    soak.add_argument("--encoder-arg", action="append", help="extra serve option, e.g. --max-length=64")
+    soak.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    soak.add_argument("--requests-per-level", type=int, default=400)
+    soak.add_argument("--seconds-per-level", type=float, default=120)
+    soak.add_argument("--mix", type=float, nargs=5, default=[4, 3, 1, 1, 1],
+                      metavar=("SMALL", "MEDIUM", "LARGE", "MALFORMED", "DISCONNECT"))
+    soak.add_argument("--disconnect-after", type=float, default=0.05,
+                      help="seconds before a disconnecting client hangs up")
+    soak.add_argument("--max-queue", type=int, default=256, help="server --max-queue (texts)")
+    soak.add_argument("--max-batch", type=int, default=64)
+    soak.add_argument("--request-timeout", type=float, default=60)
+    soak.add_argument("--warmup", type=int, default=4)
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    soak.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and markdown")
+    soak.add_argument("--name", default="soak")
     ray_p = sub.add_parser("ray", help="Ray corpus embedding throughput")
     ray_p.add_argument("--preset", default="gemma-3-270m")
     ray_p.add_argument("--model")
@@ -375,11 +603,14 @@ def main(argv=None) -> None:
     ray_p.add_argument("--name", default="ray_embed")
     args = parser.parse_args(argv)
 
-    record = run_http(args) if args.what == "http" else run_ray(args)
-    markdown = http_markdown(record) if args.what == "http" else ray_markdown(record)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (OUT / f"{args.name}.md").write_text(markdown, encoding="utf-8")
+    run, render = {"http": (run_http, http_markdown), "soak": (run_soak, soak_markdown),
+                   "ray": (run_ray, ray_markdown)}[args.what]
+    record = run(args)
+    markdown = render(record)
+    out = getattr(args, "out", OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out / f"{args.name}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
 
 

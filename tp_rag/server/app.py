@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tp_rag.encoder import NonFiniteEmbeddingError
 from tp_rag.server.batcher import DynamicBatcher, QueueFullError, ShuttingDownError
 from tp_rag.server.errors import APIError, BodyLimitMiddleware, install_error_handlers
 from tp_rag.server.settings import InputType, ServerSettings
@@ -42,12 +43,20 @@ class SearchRequest(BaseModel):
     top_k: int = Field(10, ge=1)
     model: Optional[str] = None
     include_text: bool = True
+    passages: bool = Field(False, description="Return stored passages instead of documents "
+                           "(each document once, at its best passage, by default).")
 
 
 # -- the application --------------------------------------------------------------------------------
-def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None) -> FastAPI:
+def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None,
+               text_encoder=None) -> FastAPI:
     """An app serving ``encoder`` (any tp-rag :class:`~tp_rag.Encoder`); with ``index`` (a
-    :class:`~tp_rag.index.FaissIndex` made with the same encoder settings) ``/v1/search`` too."""
+    :class:`~tp_rag.index.FaissIndex` made with the same encoder settings) ``/v1/search`` too.
+    ``text_encoder``: another encoder of the same model for ``input_type="text"`` (sentence
+    similarity settings beside retrieval ones; ``tp-rag serve`` without options does this)."""
+    if text_encoder is not None and text_encoder.dim != encoder.dim:
+        raise ValueError(f"text_encoder makes {text_encoder.dim}-dimensional vectors, encoder "
+                         f"{encoder.dim}-dimensional; they must be one model")
     settings = settings or ServerSettings()
     if index is not None:
         index.encoder = encoder  # raises EncoderMismatchError when the settings differ
@@ -56,7 +65,8 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
     created = int(time.time())
 
     def encode(texts: list, kind: str):
-        vectors = encoder.encode(texts, kind=kind, batch_size=batch_size, show_progress=False)
+        chosen = text_encoder if kind == "text" and text_encoder is not None else encoder
+        vectors = chosen.encode(texts, kind=kind, batch_size=batch_size, show_progress=False)
         ids = encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return np.asarray(vectors, dtype=np.float32), [len(x) for x in ids]
 
@@ -117,6 +127,8 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
             except ShuttingDownError:
                 raise APIError(503, "the server is shutting down; retry later",
                                type="server_error", code="shutting_down", headers=retry_after)
+            except NonFiniteEmbeddingError as err:  # a broken model: say so, not "internal error"
+                raise APIError(500, str(err), type="server_error", code="model_error")
         if gone in done:
             raise APIError(499, "the client closed the connection", code="client_closed")
         raise APIError(504, f"the request did not get to the model within "
@@ -178,7 +190,8 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
                            param="top_k", code="invalid_value")
         queries = checked_texts(body.query, "query", settings)
         vectors, tokens = await embed(queries, "query", request)
-        results = await asyncio.to_thread(index.search_vectors, vectors, body.top_k)
+        results = await asyncio.to_thread(index.search_vectors, vectors, body.top_k,
+                                          passages=body.passages)
         data = []
         for i, hits in enumerate(results):
             rows = []
