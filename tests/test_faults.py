@@ -141,6 +141,7 @@ def make_operation(kind: str, encoder, new_vectors):
     return operation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", OPERATIONS)
 def test_sigkill_at_every_step_leaves_old_or_new(kind, encoder, queries, new_vectors, tmp_path,
                                                  monkeypatch):
@@ -309,6 +310,7 @@ def test_read_only_folder_for_real(encoder, queries, tmp_path):
 
 
 # -- a reader during repeated saves ------------------------------------------------------------------
+@pytest.mark.slow
 def test_reader_loops_while_another_process_saves(encoder, queries, new_vectors, tmp_path):
     folder = tmp_path / "idx"
     first = base(encoder)
