@@ -127,3 +127,17 @@ def test_token_budget_record_and_mixed_sample(causal_and_loaded, tmp_path):
     shapes = rec["batch_shapes"]
     assert shapes["rows=2"]["rows_max"] == 2
     assert shapes["tokens=32"]["batches"] >= shapes["tokens=256"]["batches"]
+
+
+def test_encoder_batch_tokens_setting(causal_and_loaded):
+    from tp_rag.batching import DEFAULT_BATCH_TOKENS
+
+    _, loaded = causal_and_loaded
+    encoder = Encoder(_config(), loaded=loaded)
+    assert encoder.batch_tokens == DEFAULT_BATCH_TOKENS
+    fixed = encoder.encode(TEXTS)
+    encoder.batch_tokens = 40
+    np.testing.assert_allclose(encoder.encode(TEXTS), fixed, atol=1e-5)
+    encoder.batch_tokens = 0
+    with pytest.raises(ValueError, match="token_budget must be a positive"):
+        encoder.encode(TEXTS)

@@ -11,6 +11,11 @@ from tp_rag.prompts import RenderedTemplate
 from tp_rag.runner import ModelBatch
 
 
+# Padded tokens per batch when batching by a token budget (``Encoder.batch_tokens``); None:
+# fixed ``batch_size`` rows. Chosen by ``python -m tp_rag_eval.bench token-budget`` (eval/bench).
+DEFAULT_BATCH_TOKENS: Optional[int] = None
+
+
 @dataclass(frozen=True)
 class Row:
     ids: list[int]

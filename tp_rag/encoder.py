@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tp_rag.batching import build_rows, iter_batches
+from tp_rag.batching import DEFAULT_BATCH_TOKENS, build_rows, iter_batches
 from tp_rag.config import EncoderConfig
 from tp_rag.models import LoadedModel, find_decoder_layers, load_model, mean_input_embedding
 from tp_rag.presets import DEFAULT_PRESET, all_presets, preset_config
@@ -41,6 +41,8 @@ class Encoder:
         # Batch layout, like batch_size not a vector setting: positions come from the mask, so
         # "right" gives the same vectors (an ablation checks it; tests pin it).
         self.padding_side: Literal["left", "right"] = "left"
+        # Batches by padded tokens (None: batch_size rows); a runtime choice, same vectors.
+        self.batch_tokens: Optional[int] = DEFAULT_BATCH_TOKENS
         self._runner = Runner(self._loaded.decoder, self._loaded.layers, self._pst_vector())
         self._templates: dict[Kind, list[RenderedTemplate]] = {}
         self._lock = threading.Lock()
@@ -200,7 +202,8 @@ class Encoder:
         shape = (self.num_layers, len(texts), self.dim) if all_layers else (len(texts), self.dim)
         total = torch.zeros(shape, dtype=torch.float64)
         with self._lock, tqdm(total=len(rows), disable=not show, desc="Encoding", unit="text") as bar:
-            for chosen, batch in iter_batches(rows, size, self.pad_id, side=self.padding_side):
+            for chosen, batch in iter_batches(rows, size, self.pad_id, side=self.padding_side,
+                                             token_budget=self.batch_tokens):
                 if all_layers:
                     states = self._runner.all_layers(batch, tp_range)
                 else:

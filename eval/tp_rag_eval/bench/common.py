@@ -71,14 +71,24 @@ def load_beir_passages(path: Path | str = DEFAULT_CORPUS, n: Optional[int] = Non
 
 # -- machine --------------------------------------------------------------------------------------
 def cpu_model() -> str:
+    """``model name`` with the family and model numbers (a VM may show only "AMD EPYC": family
+    25 model 1 is Milan, 25/17 Genoa)."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
     except OSError:  # pragma: no cover - not Linux
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
 
 
 def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")) -> list[str]:

@@ -233,6 +233,55 @@ def _tokenizer(rec: dict) -> list[str]:
     return lines + [""]
 
 
+def _baseline(rec: dict) -> list[str]:
+    lines = ["## tp-rag vs the reference code's path (full causal-LM forward, output_hidden_states)",
+             *_header(rec),
+             "Same rows, inputs and TP hooks on both paths (same vectors: max |diff| below); the reference "
+             "runs every layer, the final norm and the LM head. Speed-up = reference time / tp-rag time "
+             "(paired, [95% interval]). Achieved rate = tp-rag's executed model FLOPs per second against "
+             "a dense matmul in the same dtype, interleaved in the same run.", "",
+             "| texts | dtype | rows x tokens | output layer | speed-up CPU | speed-up wall | tp-rag GFLOP/s (CPU) | matmul GFLOP/s | fraction of peak | max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, res in rec["results"].items():
+        raw = res["timing_raw"]
+        rates = res["rates"]["cpu_s"]
+        pad = res["padding"]
+        lines.append(
+            f"| {name} | {res['dtype']} | {pad['rows']} x {pad['mean_row_tokens']:.0f} | "
+            f"{res['output_layer']}/{res['num_layers']} | {_ratio(raw, 'cpu_s', 'reference', 'tp_rag')} | "
+            f"{_ratio(raw, 'wall_s', 'reference', 'tp_rag')} | {rates['tp_rag_executed_gflop_per_s']:.1f} | "
+            f"{rates['matmul_peak_gflop_per_s']:.1f} | {rates['tp_rag_fraction_of_peak']:.2f} | "
+            f"{res['vectors']['max_abs_diff']:.1e} |")
+    return lines + [""]
+
+
+def _token_budget(rec: dict) -> list[str]:
+    lines = ["## Token-budget batching vs a fixed row count", *_header(rec)]
+    for name, res in rec["results"].items():
+        raw = res["timing_raw"]
+        base = next(k for k in raw["cpu_s"] if k.startswith("rows="))
+        rt = res["row_tokens"]
+        lines += [f"{name}: {res['n_texts']} texts, {rt['min']}..{rt['max']} tokens per row (mean {rt['mean']:.0f}).", "",
+                  "| variant | batches | padded / real tokens | time / fixed rows, CPU | wall | max abs diff |",
+                  "|---|---|---|---|---|---|"]
+        for k in raw["cpu_s"]:
+            sh = res["batch_shapes"][k]
+            lines.append(f"| {k} | {sh['batches']} | {sh['padded_tokens']} / {sh['real_tokens']} | "
+                         f"{_ratio(raw, 'cpu_s', k, base)} | {_ratio(raw, 'wall_s', k, base)} | "
+                         f"{res['max_abs_diff_vs_' + base][k]:.1e} |")
+    return lines + [""]
+
+
+def _startup(rec: dict) -> list[str]:
+    res = rec["results"]["bundled"]
+    lines = ["## Start-up (fresh processes, cached model)", *_header(rec),
+             "| command | median wall s | median CPU s | runs |", "|---|---|---|---|"]
+    for k, cmd in res["commands"].items():
+        lines.append(f"| `{cmd}` | {res['wall_s'][k]['median']:.2f} | {res['cpu_s'][k]['median']:.2f} | "
+                     f"{res['wall_s'][k]['n']} |")
+    return lines + [""]
+
+
 SECTIONS = {
     "tp": _tp,
     "early-exit": _early_exit,
@@ -243,6 +292,9 @@ SECTIONS = {
     "construct": _construct,
     "tokenizer": _tokenizer,
     "load": _load_suite,
+    "baseline": _baseline,
+    "token-budget": _token_budget,
+    "startup": _startup,
 }
 
 
