@@ -11,7 +11,6 @@ import faiss
 import numpy as np
 
 from tp_rag import hybrid
-from tp_rag.centering import Centering, CenteringError
 from tp_rag.config import EncoderConfig
 from tp_rag.corpus import Document, documents_from_texts, join_title, read_documents, split_documents
 from tp_rag.index import factory as fx
@@ -27,20 +26,13 @@ from tp_rag.index.storage import (
     read_faiss,
     read_manifest,
     save_folder,
-    verify_file,
 )
-from tp_rag.passages import PassageSettings, group_by_parent, join_passages, parent_of, split_passages
 
 PathLike = Union[str, Path]
 AUTO = "auto"  # checkpoint_dir default: <tp-rag cache>/index-chunks
 DEFAULT_TRAIN_SIZE = 100_000
 _MAX_NAMED = 10
 _LOAD_ATTEMPTS = 5  # loads that may start again because a concurrent save replaced the files
-# Centering is fitted once the index holds this many vectors: the mean of a handful of
-# documents is mostly those documents, and subtracting it would erase them.
-MIN_CENTERING_DOCS = 32
-CENTERING_SAMPLE = 100_000  # vectors the document mean is fitted on
-PASSAGE_KEYS = ("parent_id", "passage", "char_start", "char_end", "chunk")
 
 
 @dataclass
@@ -56,13 +48,6 @@ class Hit:
          "bm25": {"rank": None, "score": None}}      # weighted fusion adds "normalized"
 
     ``metadata`` is always the document's own metadata.
-
-    A search over documents (the default) returns each document once; when the document was
-    split into passages, ``text`` is its best-matching passage and ``passage`` says which
-    (``{"id", "index", "char_start", "char_end"}``: the passage's id and its span in the
-    document's text); ``passage`` is ``None`` for a document stored whole. With
-    ``passages=True`` each hit is one stored passage (``id`` the passage id, ``metadata`` with
-    ``parent_id``).
     """
 
     rank: int
@@ -71,15 +56,12 @@ class Hit:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     scores: Optional[dict[str, Any]] = None
-    passage: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict; ``scores`` only for hybrid results, ``passage`` only for a
-        passage of a split document."""
+        """A JSON-ready dict; the ``scores`` key is there only for hybrid results."""
         data = asdict(self)
-        for key in ("scores", "passage"):
-            if data[key] is None:
-                del data[key]
+        if data["scores"] is None:
+            del data["scores"]
         return data
 
 
@@ -100,40 +82,17 @@ class FaissIndex:
 
     >>> index = FaissIndex.from_texts(["Mount Everest is ...", "Paris is ..."], encoder)
     >>> index.search("highest mountain", k=1)[0].id
-
-    The retrieval path, by default: ``encoder`` defaults to the retrieval preset
-    (:data:`tp_rag.presets.RETRIEVAL_PRESET`); documents longer than the encoder's document
-    budget are split into token passages (``passages``, :mod:`tp_rag.passages`; ``None``: never
-    split); vectors are mean-centered (``centering``, :mod:`tp_rag.centering`: fitted on the
-    indexed vectors once there are :data:`MIN_CENTERING_DOCS`, with the query side's mean from
-    ``query_sample`` texts when given) and re-normalised, so FAISS stays an inner product over
-    unit vectors; and search returns documents, each once at its best passage.
     """
 
     def __init__(
         self,
-        encoder=None,
+        encoder,
         index_type: str = "flat",
         *,
         nprobe: Optional[int] = None,
         ef_search: Optional[int] = None,
         train_size: int = DEFAULT_TRAIN_SIZE,
-        passages: Optional[PassageSettings] = PassageSettings(),
-        centering: bool = True,
-        query_sample: Optional[Sequence[str]] = None,
     ):
-        if encoder is None:
-            from tp_rag.encoder import Encoder
-            from tp_rag.presets import RETRIEVAL_PRESET
-
-            encoder = Encoder.from_preset(RETRIEVAL_PRESET)
-        if passages is not None and not isinstance(passages, PassageSettings):
-            raise TypeError(f"passages must be a tp_rag.passages.PassageSettings or None, got "
-                            f"{type(passages).__name__}")
-        self.passage_settings = passages
-        self.use_centering = bool(centering)
-        self.centering: Optional[Centering] = None
-        self._query_sample = _checked_sample(query_sample)
         self._encoder = encoder
         self._config: EncoderConfig = encoder.config
         self._dim = int(encoder.dim)
@@ -144,7 +103,6 @@ class FaissIndex:
         self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
         self._records: dict[int, _Record] = {}
         self._fids: dict[str, int] = {}
-        self._children: dict[str, list[int]] = {}  # document id -> its records' fids, in order
         self._next_fid = 0
         self.last_build: Optional[ChunkedEmbeddings] = None  # the latest add's embedding job
         self.faiss_index: Optional[faiss.Index] = None
@@ -163,7 +121,7 @@ class FaissIndex:
     def from_texts(
         cls,
         texts: Sequence[str],
-        encoder=None,
+        encoder,
         ids: Optional[Sequence[str]] = None,
         metadatas: Optional[Sequence[Optional[dict]]] = None,
         index_type: str = "flat",
@@ -176,7 +134,7 @@ class FaissIndex:
     def from_corpus(
         cls,
         path: PathLike,
-        encoder=None,
+        encoder,
         index_type: str = "flat",
         *,
         text_field: str = "text",
@@ -187,28 +145,23 @@ class FaissIndex:
     ) -> "FaissIndex":
         """Build from a BEIR ``corpus.jsonl``, a JSONL with a text field, a folder of
         ``.txt``/``.md`` files or a text file (see :func:`tp_rag.corpus.read_documents`).
-        Long documents become token passages (``passages``, see :class:`FaissIndex`);
-        ``split_words`` instead splits them into passages of that many words
-        (:func:`tp_rag.corpus.split_documents`) and turns token passages off."""
+        ``split_words``: split longer documents into passages of that many words
+        (:func:`tp_rag.corpus.split_documents`)."""
         docs = read_documents(path, text_field=text_field, id_field=id_field, title_field=title_field)
         if split_words is not None:
             docs = split_documents(docs, split_words)
-            kwargs["passages"] = None
         return cls.build(docs, encoder, index_type, **kwargs)
 
     @classmethod
     def build(
         cls,
         documents: Iterable[Document],
-        encoder=None,
+        encoder,
         index_type: str = "flat",
         *,
         nprobe: Optional[int] = None,
         ef_search: Optional[int] = None,
         train_size: int = DEFAULT_TRAIN_SIZE,
-        passages: Optional[PassageSettings] = PassageSettings(),
-        centering: bool = True,
-        query_sample: Optional[Sequence[str]] = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         checkpoint_dir: Optional[PathLike] = AUTO,
         keep_checkpoints: bool = False,
@@ -221,8 +174,7 @@ class FaissIndex:
         only the missing chunks; the checkpoints are removed after success unless
         ``keep_checkpoints``.
         """
-        index = cls(encoder, index_type, nprobe=nprobe, ef_search=ef_search, train_size=train_size,
-                    passages=passages, centering=centering, query_sample=query_sample)
+        index = cls(encoder, index_type, nprobe=nprobe, ef_search=ef_search, train_size=train_size)
         added = index.add_documents(
             documents, chunk_size=chunk_size, checkpoint_dir=checkpoint_dir,
             keep_checkpoints=keep_checkpoints, show_progress=show_progress,
