@@ -183,7 +183,7 @@ def test_default_preset_is_the_committed_dev_sweeps_choice():
 
     sweep = json.loads((RESULTS_DIR / "sweep_stsb_dev_prompteol.json").read_text())
     best, preset = sweep["results"]["best"]["tp"], PRESETS["gemma-3-270m"]
-    assert sweep["settings"].get("limit") is None  # chosen on the whole dev split
+    assert sweep["settings"].get("limit") is None and sweep["settings"].get("sample") is None  # whole dev split
     assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == ("prompteol", best["tp_start"], best["tp_exit"])
     depth = len(sweep["results"]["grid"]["vanilla"]["spearman_by_layer"])
     assert preset["output_layer"] % (depth + 1) == best["output_layer"]  # -1 is the last layer
