@@ -234,3 +234,14 @@ def test_old_format_loads_with_a_warning_and_is_upgraded_by_a_save(tmp_path):
         warnings.simplefilter("error")
         upgraded = read_manifest(folder)
     assert upgraded.format_version == 2 and upgraded.checksum is not None
+
+
+def test_info_says_whether_the_model_may_load(tmp_path, model_dir, monkeypatch):
+    folder = build(tmp_path / "idx", str(model_dir))
+    result = runner.invoke(app, ["info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "not allowed: pass --model, --trust-index-model" in result.stdout
+    allow = tmp_path / "allow.json"
+    allow.write_text(json.dumps({"models": [str(model_dir)]}))
+    monkeypatch.setenv("TP_RAG_TRUSTED_MODELS", str(allow))
+    assert "allowed (loaded when needed)" in runner.invoke(app, ["info", str(folder)]).stdout

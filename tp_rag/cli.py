@@ -528,6 +528,7 @@ def info(
         ("index type", f"{manifest.index_type} ({manifest.factory})" + (f", {params}" if params else "")),
         ("dimension", f"{manifest.dim}, {'L2-normalised (cosine scores)' if manifest.normalize else 'not normalised (inner product)'}"),
         ("model", str(enc.get("model")) + (f" (preset {manifest.preset})" if manifest.preset else "")),
+        ("model trust", _trust_row(enc.get("model"))),
         ("prompt", str(prompts)),
         ("token prepending", tp),
         ("output layer", str(enc.get("output_layer"))),
@@ -555,6 +556,16 @@ def _dtype_row(enc: dict) -> str:
 
     choice = resolve_dtype("auto", resolve_device(enc.get("device") or "auto"))
     return f"auto, here {choice.name} ({choice.reason.removeprefix('auto: ')})"
+
+
+def _trust_row(model) -> str:
+    """Whether search/add/serve may load the manifest's model without being told to."""
+    from tp_rag.index.trust import describe
+
+    state = describe(str(model) if model is not None else None)
+    if state == "not allowed":
+        return "not allowed: pass --model, --trust-index-model or add it to your allow-list"
+    return f"{state} (loaded when needed)"
 
 
 def _size(n: int) -> str:
