@@ -97,7 +97,8 @@ def test_manifest_describes_the_index(encoder, tmp_path):
     assert faiss_file.stat().st_size == manifest.files["faiss"].bytes
     assert len(manifest.files["faiss"].sha256) == 64
     names = sorted(p.name for p in (tmp_path / "idx").iterdir())
-    assert names == sorted(["manifest.json", manifest.files["faiss"].name, manifest.files["docs"].name])
+    assert names == sorted(["manifest.json", *(entry.name for entry in manifest.files.values())])
+    assert set(manifest.files) == {"faiss", "docs", "bm25"}  # 8 documents: too few to center
     first = json.loads((tmp_path / "idx" / manifest.files["docs"].name).read_text().splitlines()[0])
     assert first == {"fid": 0, "id": "d0", "text": TEXTS[0], "metadata": {"n": 0}}
 
@@ -270,9 +271,10 @@ def test_failed_save_leaves_previous_index_intact(encoder, tmp_path, monkeypatch
     assert "everest" not in previous and as_tuples([previous.search("capital of France", k=8)]) == before
 
     monkeypatch.undo()
-    index.save(tmp_path / "idx")  # the next save succeeds; the failed one left nothing behind
+    manifest = index.save(tmp_path / "idx")  # the next save succeeds; the failed one left nothing behind
     assert "everest" in FaissIndex.load(tmp_path / "idx", encoder)
-    assert len(list((tmp_path / "idx").iterdir())) == 5  # manifest, new and previous generation
+    # manifest, new and previous generation (each: faiss, docs, bm25)
+    assert len(list((tmp_path / "idx").iterdir())) == 1 + 2 * len(manifest.files)
 
 
 def test_crash_before_manifest_commit_keeps_previous(encoder, tmp_path, monkeypatch):

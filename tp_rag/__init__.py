@@ -3,7 +3,9 @@
 from tp_rag.config import BUNDLED_MODEL, EncoderConfig
 from tp_rag.encoder import Encoder
 from tp_rag.models import ModelNotFoundError, UnsupportedModelError
-from tp_rag.presets import DEFAULT_PRESET, UnknownPresetError, list_presets, preset_config
+from tp_rag.presets import (
+    DEFAULT_PRESET, RETRIEVAL_PRESET, UnknownPresetError, default_preset, list_presets, preset_config,
+)
 from tp_rag.prompts import FAMILIES as PROMPT_FAMILIES
 
 __version__ = "0.1.0"
@@ -20,6 +22,7 @@ def __getattr__(name):
 __all__ = [
     "BUNDLED_MODEL",
     "DEFAULT_PRESET",
+    "RETRIEVAL_PRESET",
     "Encoder",
     "EncoderConfig",
     "FaissIndex",
@@ -28,6 +31,7 @@ __all__ = [
     "PROMPT_FAMILIES",
     "UnknownPresetError",
     "UnsupportedModelError",
+    "default_preset",
     "list_presets",
     "preset_config",
     "__version__",

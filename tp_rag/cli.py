@@ -17,11 +17,14 @@ import typer
 from tp_rag import hybrid
 from tp_rag.cli_common import (
     BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt,
-    IndexModelOpt, IndexPresetOpt, Kind, MaxLengthOpt, ModelOpt, NoCheckpointOpt, OutputLayerOpt,
-    PresetOpt, ProgressOpt, PromptOpt, QueryPromptOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt,
+    IndexModelOpt, IndexPresetOpt, Kind, MaxLengthOpt, ModelOpt, NoCenteringOpt, NoCheckpointOpt,
+    NoSplitOpt, OutputLayerOpt, PassageOverlapOpt, PassageTokensOpt, PresetOpt, ProgressOpt,
+    PromptOpt, QueryPromptOpt, QuerySampleOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt,
     TpExitOpt, TpOpt, TpStartOpt, TrustIndexModelOpt, WorkDirOpt,
     encoder_config, fail, load_index, make_encoder, quiet_loading, reports_errors,
 )
+from tp_rag.passages import DEFAULT_OVERLAP, PassageSettings
+from tp_rag.presets import RETRIEVAL_PRESET, default_preset
 from tp_rag.server.cli import embed_corpus, serve
 
 app = typer.Typer(
@@ -88,7 +91,8 @@ def embed(
         if not text.strip():
             raise fail(f"text {doc.id!r} is empty; there is nothing to embed")
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
-                            query_prompt, document_prompt, max_length, device, dtype, batch_size)
+                            query_prompt, document_prompt, max_length, device, dtype, batch_size,
+                            default_preset=default_preset(kind.value))
     encoder = make_encoder(config)
     chunks = _embed_chunks(encoder, items, kind.value, chunk_size, progress)
     if output is None:
@@ -174,7 +178,12 @@ def index_build(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = None,
     title_field: TitleFieldOpt = "title",
+    passage_tokens: PassageTokensOpt = None,
+    passage_overlap: PassageOverlapOpt = DEFAULT_OVERLAP,
+    no_split: NoSplitOpt = False,
     split_words: SplitWordsOpt = None,
+    query_sample: QuerySampleOpt = None,
+    no_centering: NoCenteringOpt = False,
     chunk_size: ChunkSizeOpt = 1024,
     work_dir: WorkDirOpt = None,
     no_checkpoint: NoCheckpointOpt = False,
@@ -187,6 +196,10 @@ def index_build(
 ):
     """Embed a corpus and save a FAISS index folder.
 
+    By default (the retrieval preset): documents longer than the prompt's text budget are
+    split into overlapping token passages, vectors are mean-centered (statistics saved in the
+    folder), and the BM25 index is saved beside them.
+
     Example: tp-rag index build examples/data/corpus.jsonl my-index --index-type hnsw
     """
     from tp_rag.corpus import read_documents, split_documents
@@ -197,19 +210,35 @@ def index_build(
         raise fail(f"{index_dir} already holds an index; use --overwrite to replace it or "
                    "'tp-rag index add' to add documents")
     docs = read_documents(corpus, text_field=text_field, id_field=id_field, title_field=title_field or None)
+    if split_words and (no_split or passage_tokens is not None):
+        raise fail("--split-words replaces token passages; do not combine it with "
+                   "--passage-tokens or --no-split", 2)
     docs = check_documents(split_documents(docs, split_words) if split_words else docs)
     if not docs:
         raise fail(f"the corpus is empty: {corpus} holds no documents")
+    passages = None if (no_split or split_words) else PassageSettings(passage_tokens, passage_overlap)
+    sample = _read_lines(query_sample) if query_sample is not None else None
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
-                            query_prompt, document_prompt, max_length, device, dtype, batch_size)
+                            query_prompt, document_prompt, max_length, device, dtype, batch_size,
+                            default_preset=RETRIEVAL_PRESET)
     index = FaissIndex.build(
         docs, make_encoder(config), index_type, nprobe=nprobe, ef_search=ef_search,
         train_size=train_size, chunk_size=chunk_size,
         checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint), show_progress=progress,
+        passages=passages, centering=not no_centering, query_sample=sample,
     )
     index.save(index_dir)
-    typer.echo(f"Indexed {len(index)} documents ({index.factory}, dimension {index.dim}) "
-               f"into {index_dir}", err=True)
+    split = (f" as {len(index)} vectors (long documents split into passages)"
+             if len(index) != index.document_count else "")
+    typer.echo(f"Indexed {index.document_count} documents{split} ({index.factory}, dimension "
+               f"{index.dim}{', centered' if index.centering else ''}) into {index_dir}", err=True)
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise fail(f"{path} holds no lines")
+    return lines
 
 
 @index_app.command("add")
@@ -245,13 +274,38 @@ def index_add(
     docs = read_documents(corpus, text_field=text_field, id_field=id_field, title_field=title_field or None)
     docs = check_documents(split_documents(docs, split_words) if split_words else docs,
                            existing=set(index.ids))
+    if split_words:
+        index.passage_settings = None  # word passages instead of the index's token passages
     added = index.add_documents(docs, chunk_size=chunk_size,
                                 checkpoint_dir=_checkpoint_dir(work_dir, no_checkpoint),
                                 show_progress=progress)
     if not added:
         raise fail(f"{corpus} holds no documents")
     index.save(index_dir)
-    typer.echo(f"Added {len(added)} documents to {index_dir} ({len(index)} in all)", err=True)
+    typer.echo(f"Added {len(added)} documents to {index_dir} ({index.document_count} in all)", err=True)
+
+
+@index_app.command("refit")
+@reports_errors
+def index_refit(
+    index_dir: Annotated[Path, typer.Argument(help="Existing index folder.", show_default=False)],
+    query_sample: QuerySampleOpt = None,
+    trust_index_model: TrustIndexModelOpt = False,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
+):
+    """Refit the centering statistics on the documents now in the index (after many adds or
+    deletes, or with a new query sample); no document is re-embedded.
+
+    Example: tp-rag index refit my-index --query-sample queries.txt
+    """
+    quiet_loading()
+    index = load_index(index_dir, trust_model=trust_index_model, device=device, dtype=dtype,
+                       batch_size=batch_size, need_model=query_sample is not None)
+    fitted = index.fit_centering(_read_lines(query_sample) if query_sample is not None else None)
+    index.save(index_dir)
+    typer.echo(f"Refitted centering on {fitted.documents} vectors"
+               + (f" and {fitted.queries} sample queries" if fitted.queries else "")
+               + f" in {index_dir}", err=True)
 
 
 @index_app.command("delete")
@@ -319,6 +373,9 @@ def search(
     candidates: Annotated[Optional[int], typer.Option(
         "--candidates", min=1, help="Candidates each side contributes to a hybrid search "
         "(default: max(top-k, 100)).")] = None,
+    passages: Annotated[bool, typer.Option(
+        "--passages", help="Return stored passages, not documents (by default each document "
+        "appears once, at its best passage, which is the text shown).")] = False,
     preset: IndexPresetOpt = None, model: IndexModelOpt = None,
     trust_index_model: TrustIndexModelOpt = False,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
@@ -347,7 +404,8 @@ def search(
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     results = index.search_batch(items, k=top_k, mode=mode.value, fusion=fusion.value,
-                                 alpha=alpha, rrf_k=rrf_k, candidates=candidates)
+                                 alpha=alpha, rrf_k=rrf_k, candidates=candidates,
+                                 passages=passages)
     settings = _search_settings(mode.value, fusion.value, alpha, rrf_k)
     if as_json:
         for query, hits in zip(items, results):
@@ -461,7 +519,8 @@ def tune(
         devset = read_beir(beir, split, max_docs=max_docs)
     # The sweep sets TP per row; the base encoder runs without it, so any depth is fine.
     config = encoder_config(preset, model, False, tp_start, None, None, prompt, query_prompt,
-                            document_prompt, max_length, device, dtype, batch_size)
+                            document_prompt, max_length, device, dtype, batch_size,
+                            default_preset=default_preset("text" if pairs is not None else "retrieval"))
     encoder = make_encoder(config)
     start = config.tp_start
     exits = [e for e in _parse_exits(tp_exits) if start < e <= encoder.num_layers]
@@ -524,7 +583,8 @@ def info(
                    f"{enc.get('document_prompt') or prompts})")
     rows = [
         ("index", str(index_dir)),
-        ("documents", str(manifest.count)),
+        ("documents", _documents_row(manifest)),
+        ("centering", _centering_row(manifest)),
         ("index type", f"{manifest.index_type} ({manifest.factory})" + (f", {params}" if params else "")),
         ("dimension", f"{manifest.dim}, {'L2-normalised (cosine scores)' if manifest.normalize else 'not normalised (inner product)'}"),
         ("model", str(enc.get("model")) + (f" (preset {manifest.preset})" if manifest.preset else "")),
@@ -537,8 +597,10 @@ def info(
         ("built with", f"tp-rag {manifest.tp_rag_version}, faiss {manifest.faiss_version}, "
                        f"{manifest.created_at}"),
     ]
-    for key in ("faiss", "docs"):
-        entry = manifest.files[key]
+    for key in ("faiss", "docs", "centering", "bm25"):
+        entry = manifest.files.get(key)
+        if entry is None:
+            continue
         rows.append((f"{key} file", f"{entry.name} ({_size(entry.bytes)}, sha256 "
                                     f"{entry.sha256[:12]}...)" + (" verified" if verify else "")))
     label = max(len(k) for k, _ in rows)
@@ -556,6 +618,32 @@ def _dtype_row(enc: dict) -> str:
 
     choice = resolve_dtype("auto", resolve_device(enc.get("device") or "auto"))
     return f"auto, here {choice.name} ({choice.reason.removeprefix('auto: ')})"
+
+
+def _documents_row(manifest) -> str:
+    extras = manifest.model_extra or {}
+    documents = extras.get("documents", manifest.count)
+    row = str(documents)
+    if documents != manifest.count:
+        row += f" ({manifest.count} vectors: long documents as passages)"
+    passages = extras.get("passages")
+    if passages:
+        size = passages.get("passage_tokens") or "the prompt's budget"
+        row += f"; split at {size} tokens, overlap {passages.get('overlap')}"
+    elif "passages" in extras:
+        row += "; not split"
+    return row
+
+
+def _centering_row(manifest) -> str:
+    described = (manifest.model_extra or {}).get("centering")
+    if "centering" in manifest.files and isinstance(described, dict):
+        queries = (f"queries: mean of {described.get('queries')} sample queries"
+                   if described.get("query_source") == "query-sample" else "queries: the documents' mean")
+        return f"mean-centered (documents: mean of {described.get('documents')} vectors; {queries})"
+    if isinstance(described, dict) and described.get("enabled"):
+        return "on, not fitted yet (too few documents)"
+    return "off"
 
 
 def _trust_row(model) -> str:

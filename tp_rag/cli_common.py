@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tp_rag.presets import DEFAULT_PRESET, list_presets
+from tp_rag.presets import DEFAULT_PRESET, RETRIEVAL_PRESET, list_presets
 
 
 class Dtype(str, enum.Enum):
@@ -32,7 +32,9 @@ _ENC = "Encoder"
 _RUN = "Runtime"
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", help=f"Named configuration: {', '.join(list_presets())}. Default: "
-    f"{DEFAULT_PRESET}, or none when --model is given (plain defaults then).",
+    f"{RETRIEVAL_PRESET} for retrieval (index, search, serve, query/document embeddings), "
+    f"{DEFAULT_PRESET} for sentence similarity (--kind text, tune --pairs); none when --model "
+    "is given (plain defaults then).",
     rich_help_panel=_ENC)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model: bundled name, local folder, .gguf file or Hugging Face hub id "
@@ -80,9 +82,21 @@ TitleFieldOpt = Annotated[str, typer.Option(
 ChunkSizeOpt = Annotated[int, typer.Option(
     "--chunk-size", min=1, help="Documents per embedding chunk (one checkpoint file each).")]
 SplitWordsOpt = Annotated[Optional[int], typer.Option(
-    "--split-words", min=1, help="Split documents longer than N words into passages of N words "
-    "(ids ID#0, ID#1, ...; metadata parent_id and chunk), each embedded with its title. On "
-    "SciFact, 150-word passages beat whole abstracts cut to 256 tokens.")]
+    "--split-words", min=1, help="Instead of token passages: split documents longer than N "
+    "words into passages of N words (ids ID#0, ID#1, ...; metadata parent_id and chunk), each "
+    "embedded with its title.")]
+PassageTokensOpt = Annotated[Optional[int], typer.Option(
+    "--passage-tokens", min=8, help="Longest passage in tokens when a document exceeds the "
+    "prompt's text budget (default: the whole budget beside the title).")]
+PassageOverlapOpt = Annotated[int, typer.Option(
+    "--passage-overlap", min=0, help="Tokens consecutive passages share (at most half a passage).")]
+NoSplitOpt = Annotated[bool, typer.Option(
+    "--no-split", help="Never split: long documents are cut to the prompt's budget.")]
+QuerySampleOpt = Annotated[Optional[Path], typer.Option(
+    "--query-sample", help="Text file of typical queries, one per line: the query side's "
+    "centering mean is fitted on them (default: the documents' mean).")]
+NoCenteringOpt = Annotated[bool, typer.Option(
+    "--no-centering", help="Store the encoder's vectors as they are (no mean-centering).")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option(
     "--work-dir", help="Folder for the embedding checkpoints that let an interrupted run resume "
     "(default: the tp-rag cache folder). Removed after success.")]
@@ -105,8 +119,11 @@ ProgressOpt = Annotated[Optional[bool], typer.Option(
 
 
 def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
-                   document_prompt, max_length, device, dtype, batch_size):
-    """The EncoderConfig the encoder options describe (preset first, then the overrides)."""
+                   document_prompt, max_length, device, dtype, batch_size, *,
+                   default_preset: str = DEFAULT_PRESET):
+    """The EncoderConfig the encoder options describe (preset first, then the overrides);
+    ``default_preset`` when neither a preset nor a model is named (see
+    :func:`tp_rag.presets.default_preset`)."""
     from tp_rag.config import EncoderConfig
     from tp_rag.presets import preset_config
 
@@ -121,7 +138,7 @@ def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, q
         overrides.update(query_token_prepending=None, document_token_prepending=None)
     if preset is None and model is not None:
         return EncoderConfig(**overrides)
-    return preset_config(preset or DEFAULT_PRESET, **overrides)
+    return preset_config(preset or default_preset, **overrides)
 
 
 def load_index(index_dir, *, preset=None, model=None, trust_model=False, device=None,

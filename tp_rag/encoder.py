@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from tp_rag.batching import DEFAULT_BATCH_TOKENS, build_rows, iter_batches
 from tp_rag.config import EncoderConfig
 from tp_rag.models import LoadedModel, find_decoder_layers, load_model, mean_input_embedding
-from tp_rag.presets import DEFAULT_PRESET, all_presets, preset_config
+from tp_rag.presets import RETRIEVAL_PRESET, all_presets, preset_config
 from tp_rag.prompts import RenderedTemplate, preprocess_sentence, render_template
 from tp_rag.runner import Runner
 
@@ -215,6 +215,16 @@ class Encoder:
                 bar.update(len(chosen))
         return (total / len(templates)).float()
 
+    def text_budget(self, kind: Kind = "document") -> int:
+        """Text tokens a ``kind`` prompt holds before the text is cut: ``max_length`` minus the
+        longest template's own tokens (with the placeholder when TP is on)."""
+        longest = max(t.template_length for t in self._rendered(kind))
+        budget = self.config.max_length - longest
+        if budget < 1:
+            raise ValueError(f"max_length={self.config.max_length} leaves no room for text: the "
+                             f"{kind} template alone takes {longest} tokens")
+        return budget
+
     def _rendered(self, kind: Kind) -> list[RenderedTemplate]:
         if kind not in ("text", "query", "document"):
             raise ValueError(f"kind must be 'text', 'query' or 'document', got {kind!r}")
@@ -238,11 +248,12 @@ def resolve_encoder(
     names: Optional[dict[str, str]] = None,
 ) -> Encoder:
     """The encoder an integration should use: ``encoder`` if given (its configuration must agree
-    with ``preset`` and ``settings``), else a new one built from them (the default preset when
-    neither a preset nor a model is named). ``names`` renames settings in error messages."""
+    with ``preset`` and ``settings``), else a new one built from them (the retrieval preset when
+    neither a preset nor a model is named: integrations embed queries and documents for RAG).
+    ``names`` renames settings in error messages."""
     if encoder is None:
         if preset is None and "model" not in settings:
-            preset = DEFAULT_PRESET
+            preset = RETRIEVAL_PRESET
         return Encoder(preset_config(preset, **settings) if preset else EncoderConfig(**settings))
     if not isinstance(encoder, Encoder):
         raise TypeError(f"encoder must be a tp_rag.Encoder, got {type(encoder).__name__}")

@@ -29,6 +29,7 @@ at the bottom of a list beats one the list never returned), then by id.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ DEFAULT_ALPHA = 0.25
 DEFAULT_RRF_K = 60
 DEFAULT_CANDIDATES = 100
 STEMMER_LANGUAGE = "english"
+BM25_FORMAT = "tp-rag-bm25"
 
 Ranked = Sequence[tuple[str, float]]  # (id, score), best first
 
@@ -239,6 +241,70 @@ class BM25Index:
     def stemmed(self) -> bool:
         return self._stemmer is not None
 
+    # -- persistence: bm25s's own save/load, its files packed into one .npz ----------------------
+    def to_bytes(self) -> bytes:
+        """The index as one ``.npz`` (no pickle): bm25s's saved files, the ids, the settings."""
+        import io
+        import tempfile
+        from pathlib import Path
+
+        arrays = {"ids": np.frombuffer(json.dumps(self.ids).encode(), dtype=np.uint8),
+                  "settings": np.frombuffer(json.dumps(self.settings()).encode(), dtype=np.uint8)}
+        if self._retriever is not None:
+            with tempfile.TemporaryDirectory(prefix="tp-rag-bm25-") as folder:
+                self._retriever.save(folder, show_progress=False)
+                for file in sorted(Path(folder).iterdir()):
+                    arrays[f"file:{file.name}"] = np.frombuffer(file.read_bytes(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def settings(self) -> dict:
+        return {"format": BM25_FORMAT, "stemmer": STEMMER_LANGUAGE if self.stemmed else None,
+                "stopwords": "en"}
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "BM25 index") -> "BM25Index":
+        """Load what :meth:`to_bytes` wrote, without re-indexing. ``ValueError`` names what is
+        wrong with a malformed file, or a stemmer this installation lacks."""
+        import io
+        import tempfile
+        from pathlib import Path
+
+        import bm25s
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                ids = json.loads(npz["ids"].tobytes())
+                settings = json.loads(npz["settings"].tobytes())
+                files = {k[5:]: npz[k].tobytes() for k in npz.files if k.startswith("file:")}
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            raise ValueError(f"{where} is unreadable ({err})") from None
+        if not isinstance(settings, dict) or settings.get("format") != BM25_FORMAT:
+            raise ValueError(f"{where}: not a tp-rag BM25 index")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{where}: the ids are not a list of strings")
+        self = cls.__new__(cls)
+        self._stemmer = default_stemmer() if settings.get("stemmer") else None
+        if settings.get("stemmer") and self._stemmer is None:
+            raise ValueError(f"{where} was built with stemming; install PyStemmer to use it")
+        self.ids = ids
+        self._order = np.argsort(np.array(self.ids, dtype=object), kind="stable")
+        self._retriever = None
+        if ids:
+            if any("/" in name or name.startswith(".") for name in files):
+                raise ValueError(f"{where}: unexpected file names inside")
+            with tempfile.TemporaryDirectory(prefix="tp-rag-bm25-") as folder:
+                for name, blob in files.items():
+                    (Path(folder) / name).write_bytes(blob)
+                try:
+                    self._retriever = bm25s.BM25.load(folder, show_progress=False)
+                except (OSError, ValueError, KeyError) as err:
+                    raise ValueError(f"{where}: bm25s could not load it ({err})") from None
+            if int(self._retriever.scores.get("num_docs", -1)) != len(ids):
+                raise ValueError(f"{where}: it holds a different number of documents than ids")
+        return self
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -281,6 +347,11 @@ class LazyBM25:
                 self._index = BM25Index(ids, texts)
                 self.builds += 1
             return self._index
+
+    def set(self, index: BM25Index) -> None:
+        """Install an index loaded from disk (no build)."""
+        with self._lock:
+            self._index = index
 
     def invalidate(self) -> None:
         with self._lock:

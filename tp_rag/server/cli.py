@@ -121,13 +121,22 @@ def serve(
         from tp_rag.index import FaissIndex
 
         loaded_index = FaissIndex.load(index, **runtime, trust_model=trust_index_model)
+    text_encoder = None
     if loaded_index is not None and own_settings:
         encoder = loaded_index.encoder
+    elif own_settings:  # one model, two presets: retrieval for query/document, STS for text
+        from tp_rag.encoder import Encoder
+        from tp_rag.presets import DEFAULT_PRESET, RETRIEVAL_PRESET
+
+        encoder = Encoder(encoder_config(*encoder_options, device, dtype, batch_size,
+                                         default_preset=RETRIEVAL_PRESET))
+        sts = encoder_config(*encoder_options, device, dtype, batch_size, default_preset=DEFAULT_PRESET)
+        text_encoder = encoder.replace(**sts.model_dump())
     else:
         from tp_rag.encoder import Encoder
 
-        encoder = Encoder(config or encoder_config(*encoder_options, device, dtype, batch_size))
-    app = create_app(encoder, settings, index=loaded_index)
+        encoder = Encoder(config)
+    app = create_app(encoder, settings, index=loaded_index, text_encoder=text_encoder)
     typer.echo(f"serving {settings.model_name or encoder.config.model} (dim {encoder.dim}) on "
                f"http://{host}:{port}/v1" + (f" with {len(loaded_index)} indexed documents"
                                               if loaded_index is not None else ""), err=True)

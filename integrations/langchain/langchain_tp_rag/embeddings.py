@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tp_rag import DEFAULT_PRESET, Encoder
+from tp_rag import RETRIEVAL_PRESET, Encoder
 from tp_rag.encoder import ENCODER_SETTINGS, resolve_encoder
 
 PromptSpec = Union[str, list[str]]
@@ -24,7 +24,7 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
                                                document_prompt="passage_eol")
         embeddings = TokenPrependingEmbeddings(encoder=my_encoder)  # same vectors, same model
 
-    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m`` when
+    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m-retrieval`` when
     no ``model`` is given), else :class:`tp_rag.EncoderConfig`'s default. After construction
     every setting holds the value in force. Settings are fixed once the object exists (it is
     frozen): build a new one to change them.
@@ -89,7 +89,7 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
             settings["batch_size"] = data["batch_size"]
         encoder = resolve_encoder(data.get("encoder"), data.get("preset"), settings)
         if data.get("encoder") is None and data.get("preset") is None and "model" not in settings:
-            data["preset"] = DEFAULT_PRESET
+            data["preset"] = RETRIEVAL_PRESET
         data.update({name: getattr(encoder.config, name) for name in ENCODER_SETTINGS})
         data["encoder"] = encoder
         if data.get("batch_size") is None:

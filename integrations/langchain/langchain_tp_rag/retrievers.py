@@ -19,8 +19,10 @@ from tp_rag import hybrid
 class TokenPrependingRetriever(BaseRetriever):
     """Retrieve from a tp-rag ``FaissIndex`` with ``index.search(query, k, mode=..., ...)``.
 
-    Each result is a ``Document`` with the stored text as ``page_content``, the document id as
-    ``id``, and metadata ``{**stored metadata, "id": ..., "score": ...}`` where ``score`` is the
+    Each result is one document (each once) with its best-matching stored passage as
+    ``page_content`` (the whole text for a document stored whole), the document id as ``id``,
+    and metadata ``{**document metadata, "id": ..., "score": ...}`` (plus ``"passage"``, which
+    passage, for a split document; ``passages=True`` returns the passages) where ``score`` is the
     search's score: the fused score for ``mode="hybrid"`` (the default), the inner product for
     ``"dense"``, the BM25 score for ``"bm25"``. Options are those of
     :meth:`tp_rag.index.FaissIndex.search` and are checked when the retriever is made.
@@ -48,6 +50,9 @@ class TokenPrependingRetriever(BaseRetriever):
     """The constant of reciprocal rank fusion."""
     candidates: Optional[int] = None
     """Candidates from each side for hybrid search (default ``max(k, 100)``)."""
+    passages: bool = False
+    """Return stored passages instead of documents. By default each document comes once, its
+    best-matching passage as ``page_content`` and ``metadata["passage"]`` saying which."""
 
     @field_validator("index")
     @classmethod
@@ -66,7 +71,7 @@ class TokenPrependingRetriever(BaseRetriever):
 
     def _search_kwargs(self) -> dict:
         return {"k": self.k, "mode": self.mode, "fusion": self.fusion, "alpha": self.alpha,
-                "rrf_k": self.rrf_k, "candidates": self.candidates}
+                "rrf_k": self.rrf_k, "candidates": self.candidates, "passages": self.passages}
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
@@ -74,7 +79,8 @@ class TokenPrependingRetriever(BaseRetriever):
         hits = self.index.search(query, **self._search_kwargs())
         return [
             Document(page_content=hit.text, id=hit.id,
-                     metadata={**hit.metadata, "id": hit.id, "score": hit.score})
+                     metadata={**hit.metadata, "id": hit.id, "score": hit.score,
+                               **({"passage": hit.passage} if hit.passage else {})})
             for hit in hits
         ]
 

@@ -81,4 +81,5 @@ def stored_vectors(index: Any, ids: list[str]) -> np.ndarray:
             "vectors and cannot be copied exactly; export an index built with "
             "index_type='flat' or 'hnsw'"
         ) from None
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    # Centered indexes store centered vectors; the copy's queries are embedded plain.
+    return np.ascontiguousarray(index.uncentered(vectors), dtype=np.float32)

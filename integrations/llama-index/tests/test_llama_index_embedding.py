@@ -138,7 +138,7 @@ def test_default_is_the_bundled_preset(monkeypatch, tiny_encoder):
     monkeypatch.setattr(core, "Encoder", FakeEncoder)  # the core builds the encoder
     TokenPrependingEmbedding()
     TokenPrependingEmbedding(preset="gemma-3-270m", normalize=False, embed_batch_size=8)
-    assert built[0] == preset_config("gemma-3-270m")
+    assert built[0] == preset_config("gemma-3-270m-retrieval")  # the retrieval default
     assert built[1] == preset_config("gemma-3-270m", normalize=False, batch_size=8)
 
 

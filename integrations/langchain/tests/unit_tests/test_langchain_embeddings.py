@@ -91,7 +91,7 @@ def test_default_is_the_bundled_preset(monkeypatch, tiny_encoder):
     monkeypatch.setattr(core, "Encoder", type("E", (), {"__new__": lambda cls, c: fake_encoder(c)}))
     TokenPrependingEmbeddings()
     TokenPrependingEmbeddings(preset="gemma-3-270m", normalize=False)
-    assert built[0] == preset_config("gemma-3-270m")
+    assert built[0] == preset_config("gemma-3-270m-retrieval")  # the retrieval default
     assert built[1] == preset_config("gemma-3-270m", normalize=False)
 
 

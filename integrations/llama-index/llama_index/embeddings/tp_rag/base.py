@@ -7,7 +7,7 @@ from typing import Any, List, Literal, Optional, Union
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from tp_rag import DEFAULT_PRESET, Encoder
+from tp_rag import RETRIEVAL_PRESET, Encoder
 from tp_rag.encoder import resolve_encoder
 
 PromptSpec = Union[str, List[str]]
@@ -48,7 +48,7 @@ class TokenPrependingEmbedding(BaseEmbedding):
         )
         embed_model = TokenPrependingEmbedding(encoder=my_encoder)  # share the model
 
-    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m`` when
+    Settings left unset take the preset's value (``preset`` defaults to ``gemma-3-270m-retrieval`` when
     no ``model_name`` is given), else :class:`tp_rag.EncoderConfig`'s default; after
     construction every field holds the value in force, and those that determine the vectors
     cannot be reassigned (build a new object instead). ``embed_batch_size`` is both
@@ -106,7 +106,7 @@ class TokenPrependingEmbedding(BaseEmbedding):
             settings["model"] = kwargs["model_name"]
         preset = kwargs.get("preset")
         if encoder is None and preset is None and "model" not in settings:
-            kwargs["preset"] = preset = DEFAULT_PRESET
+            kwargs["preset"] = preset = RETRIEVAL_PRESET
         batch = kwargs.get("embed_batch_size")
         if encoder is None and batch is not None:
             settings["batch_size"] = batch

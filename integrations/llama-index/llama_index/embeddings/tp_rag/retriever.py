@@ -20,7 +20,9 @@ class TokenPrependingRetriever(BaseRetriever):
     where ``score`` is the search's: the fused score for ``mode="hybrid"`` (the default), the
     inner product for ``"dense"``, the BM25 score for ``"bm25"``. ``similarity_top_k`` is the
     number of results; the other options are those of :meth:`tp_rag.index.FaissIndex.search`
-    and are checked here.
+    and are checked here. Results are documents, each once with its best-matching passage as
+    the node's text (``metadata["passage"]`` says which); ``passages=True`` returns stored
+    passages instead.
 
     >>> retriever = TokenPrependingRetriever(FaissIndex.load("my-index"), similarity_top_k=4)
     >>> retriever.retrieve("highest mountain in the world")
@@ -38,6 +40,7 @@ class TokenPrependingRetriever(BaseRetriever):
         alpha: float = hybrid.DEFAULT_ALPHA,
         rrf_k: int = hybrid.DEFAULT_RRF_K,
         candidates: Optional[int] = None,
+        passages: bool = False,
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
     ) -> None:
@@ -50,15 +53,18 @@ class TokenPrependingRetriever(BaseRetriever):
         self.similarity_top_k = hybrid.check_positive("similarity_top_k", similarity_top_k)
         self.mode, self.fusion, self.alpha = options.mode, options.fusion, options.alpha
         self.rrf_k, self.candidates = options.rrf_k, options.candidates
+        self.passages = bool(passages)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
         hits = self.index.search(
             query_bundle.query_str, k=self.similarity_top_k, mode=self.mode, fusion=self.fusion,
             alpha=self.alpha, rrf_k=self.rrf_k, candidates=self.candidates,
+            passages=self.passages,
         )
         return [
-            NodeWithScore(node=TextNode(id_=hit.id, text=hit.text, metadata=dict(hit.metadata)),
+            NodeWithScore(node=TextNode(id_=hit.id, text=hit.text, metadata={
+                **hit.metadata, **({"passage": hit.passage} if hit.passage else {})}),
                           score=hit.score)
             for hit in hits
         ]

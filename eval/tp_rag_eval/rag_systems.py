@@ -1,0 +1,296 @@
+"""The systems of :mod:`tp_rag_eval.rag_default`: what each embeds, and how it is scored."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tp_rag.passages import DEFAULT_OVERLAP
+from tp_rag_eval.cache import cached_all_layers
+
+
+def _encoders():
+    from tp_rag_eval.rag_default import VANILLA, retrieval_encoder
+
+    tp = retrieval_encoder()
+    return {"tp": tp, "vanilla": tp.replace(**VANILLA)}
+
+
+# (name, encoder key, passage_tokens, overlap, split) for every dense document view.
+VIEWS = {
+    "tp": ("tp", None, DEFAULT_OVERLAP, True),
+    "tp-whole": ("tp", None, 0, False),
+    "tp-o0": ("tp", None, 0, True),
+    "tp-p128": ("tp", 128, DEFAULT_OVERLAP, True),
+    "vanilla": ("vanilla", None, DEFAULT_OVERLAP, True),
+}
+ENCODE_ORDER = ["tp", "tp-whole", "pseudo", "vanilla", "echo", "tp-p128", "tp-o0", "minilm"]
+
+
+def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool = False) -> dict:
+    from tp_rag_eval.rag_default import encode, passages
+
+    encoders = _encoders()
+    queries = {s: list(q.values()) for s, q in data.queries.items()}
+    all_queries = queries["train"] + queries["test"]
+    vectors: dict = {}
+    for name in systems or ENCODE_ORDER:
+        started = time.time()
+        if name in VIEWS:
+            key, tokens, overlap, split = VIEWS[name]
+            enc = encoders[key]
+            views = passages(data.documents, enc, tokens, overlap, split)
+            q, q_cost = encode(enc, all_queries, "query", cache, f"{key} queries")
+            d, d_cost = encode(enc, [p.embedding_text for p in views], "document", cache, f"{name} passages")
+            vectors[name] = dict(views=views, queries=q, docs=d)
+        elif name == "pseudo":  # titles embedded as queries: a query-side sample from the corpus
+            enc = encoders["tp"]
+            titles = [d.title for d in data.documents if d.title]
+            vectors[name] = encode(enc, titles, "query", cache, "titles as queries")[0]
+        elif name == "echo":
+            from tp_rag_eval.echo import EchoEncoder
+
+            echo = EchoEncoder(encoders["tp"], max_length=512)
+            views = passages(data.documents, encoders["tp"], None, DEFAULT_OVERLAP, True)
+            q, _ = cached_all_layers(echo, all_queries, "query", cache / "layers")
+            d, _ = cached_all_layers(echo, [p.embedding_text for p in views], "document", cache / "layers", True)
+            vectors[name] = dict(views=views, queries=q, docs=d)
+        elif name == "minilm":
+            from tp_rag_eval.common import MiniLMEncoder
+
+            enc = MiniLMEncoder(device="cpu")
+            q, _ = encode(enc, all_queries, "query", cache, "minilm queries")
+            d, _ = encode(enc, [d.embedding_text for d in data.documents], "document", cache, "minilm docs")
+            vectors[name] = dict(views=list(data.documents), queries=q, docs=d)
+        print(f"{name}: {time.time() - started:.0f} s", flush=True)
+    if encode_only:
+        return {}
+    return score_all(data, vectors, encoders, cache)
+
+
+# -- scoring --------------------------------------------------------------------------------------
+ALPHAS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+CENTERINGS = ("none", "document-mean", "train-queries", "titles-as-queries")
+DEPTH = 100
+
+
+class _Shape:
+    """What FaissIndex needs of an encoder to index precomputed vectors: settings and width."""
+
+    def __init__(self, config, dim: int):
+        self.config, self.dim = config, dim
+
+
+def make_index(system: dict, config, centering: str, query_sample: Optional[np.ndarray]):
+    """A real FaissIndex over a system's passage vectors, centered as ``centering`` says."""
+    from tp_rag.index import FaissIndex
+
+    docs = system["docs"]
+    index = FaissIndex(_Shape(config, docs.shape[1]), passages=None, centering=False)
+    index.add_embeddings(docs, system["views"])
+    if centering == "document-mean":
+        index.fit_centering()
+    elif centering in ("train-queries", "titles-as-queries"):
+        index.fit_centering(query_vectors=query_sample)
+    return index
+
+
+def run_of(index, query_ids, vectors, texts, mode="dense", **options) -> dict:
+    hits = index.search_vectors(vectors, DEPTH, queries=texts, mode=mode, **options)
+    return {q: {h.id: h.score for h in row} for q, row in zip(query_ids, hits)}
+
+
+def ndcg10(qrels, run) -> float:
+    from tp_rag.tuning import mean_ndcg
+
+    ranked = {q: sorted(docs, key=lambda d: -docs[d])[:10] for q, docs in run.items()}
+    return 100 * mean_ndcg(ranked, qrels, 10)
+
+
+class Split:
+    """One split's query ids, texts and rows in the stacked query vectors (train first)."""
+
+    def __init__(self, data, split: str):
+        self.ids = list(data.queries[split])
+        self.texts = list(data.queries[split].values())
+        self.qrels = data.qrels[split]
+        offset = 0 if split == "train" else len(data.queries["train"])
+        self.rows = np.arange(offset, offset + len(self.ids))
+
+    def half(self, which: int) -> "Split":
+        out = object.__new__(Split)
+        keep = slice(which, None, 2)
+        out.ids, out.texts, out.rows = self.ids[keep], self.texts[keep], self.rows[keep]
+        out.qrels = {q: self.qrels[q] for q in out.ids}
+        return out
+
+
+def train_ndcg(system, config, centering, splits, pseudo) -> float:
+    """nDCG@10 on train; a query mean fitted on train queries is scored 2-fold (fitted on one
+    half, scored on the other), so no query is scored by a mean it helped fit."""
+    train, queries = splits["train"], system["queries"]
+    if centering != "train-queries":
+        sample = pseudo if centering == "titles-as-queries" else None
+        index = make_index(system, config, centering, sample)
+        return ndcg10(train.qrels, run_of(index, train.ids, queries[train.rows], train.texts))
+    scores = []
+    for fit, score in ((0, 1), (1, 0)):
+        index = make_index(system, config, centering, queries[train.half(fit).rows])
+        half = train.half(score)
+        scores.append((ndcg10(half.qrels, run_of(index, half.ids, queries[half.rows], half.texts)), len(half.ids)))
+    return sum(v * n for v, n in scores) / sum(n for _, n in scores)
+
+
+def test_index(system, config, centering, splits, pseudo):
+    sample = {"train-queries": system["queries"][splits["train"].rows],
+              "titles-as-queries": pseudo}.get(centering)
+    return make_index(system, config, centering, sample)
+
+
+def metrics(qrels, run) -> dict:
+    from tp_rag_eval.beir_eval import evaluate_results
+
+    m = evaluate_results(qrels, run, [10, 100])
+    return {"ndcg10": m["NDCG@10"], "recall10": m["Recall@10"], "recall100": m["Recall@100"]}
+
+
+def score_all(data, vectors: dict, encoders: dict, cache: Path) -> dict:
+    from tp_rag_eval.cache import cached_encode
+
+    splits = {s: Split(data, s) for s in ("train", "test")}
+    config = encoders["tp"].config
+    titles = [d.title for d in data.documents if d.title]
+    pseudo_by_encoder = {}
+    rows = {}
+    for name, system in vectors.items():
+        if name == "pseudo":
+            continue
+        key = VIEWS.get(name, ("tp",))[0] if name not in ("echo", "minilm") else name
+        layers = [None]
+        if system["docs"].ndim == 3:  # echo: every layer, the output layer chosen on train
+            layers = list(range(system["docs"].shape[0]))
+        best = None
+        for layer in layers:
+            view = system if layer is None else {**system, "docs": system["docs"][layer],
+                                                 "queries": system["queries"][layer]}
+            if key == "tp":
+                pseudo = vectors.get("pseudo")
+            elif key == "vanilla":
+                pseudo = cached_encode(encoders["vanilla"], titles, "query", cache, show_progress=False)
+            else:
+                pseudo = None  # titles-as-queries only for the models with a query template
+            for centering in CENTERINGS:
+                if centering == "titles-as-queries" and pseudo is None:
+                    continue
+                score = train_ndcg(view, config, centering, splits, pseudo)
+                print(f"  {name} layer {layer} {centering}: train nDCG@10 {score:.2f}", flush=True)
+                if best is None or score > best["train_ndcg10"]:
+                    best = {"train_ndcg10": round(score, 3), "centering": centering,
+                            "layer": None if layer is None else layer + 1, "view": view, "pseudo": pseudo}
+        index = test_index(best["view"], config, best["centering"], splits, best["pseudo"])
+        test = splits["test"]
+        run = run_of(index, test.ids, best["view"]["queries"][test.rows], test.texts)
+        rows[name] = {"setting": {"centering": best["centering"], "output_layer": best["layer"]},
+                      "train_ndcg10": best["train_ndcg10"], "test": metrics(test.qrels, run),
+                      "vectors": int(best["view"]["docs"].shape[0]),
+                      "index_bytes": int(best["view"]["docs"].nbytes),
+                      "_index": index, "_view": best["view"]}
+        print(f"{name}: {rows[name]['setting']} train {best['train_ndcg10']:.2f} test {rows[name]['test']}", flush=True)
+    rows.update(keyword_rows(rows, splits))
+    for row in rows.values():
+        row.pop("_index", None), row.pop("_view", None)
+    for name, ms in encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid")]).items():
+        rows[name]["ms_per_doc"] = ms
+    if "hybrid" in rows and "tp" in rows:
+        rows["hybrid"]["ms_per_doc"] = rows["tp"].get("ms_per_doc")
+    return rows
+
+
+TIMED_DOCS = 8
+
+
+def encode_ms(data, encoders: dict, names: Sequence[str]) -> dict:
+    """Milliseconds per document to embed the first TIMED_DOCS documents (their passages for
+    passage views), uncached, in this process: wall time on a shared machine, so noisy."""
+    from tp_rag_eval.rag_default import passages
+
+    docs = data.documents[:TIMED_DOCS]
+    out = {}
+    for name in names:
+        started = time.perf_counter()
+        if name in VIEWS:
+            key, tokens, overlap, split = VIEWS[name]
+            views = passages(docs, encoders[key], tokens, overlap, split)
+            encoders[key].encode_documents([p.embedding_text for p in views], show_progress=False)
+        elif name == "echo":
+            from tp_rag_eval.echo import EchoEncoder
+
+            views = passages(docs, encoders["tp"], None, DEFAULT_OVERLAP, True)
+            EchoEncoder(encoders["tp"], max_length=512).encode_all_layers([p.embedding_text for p in views])
+        elif name == "minilm":
+            from tp_rag_eval.common import MiniLMEncoder
+
+            model = MiniLMEncoder(device="cpu")
+            started = time.perf_counter()  # model loading excluded
+            model.encode([d.embedding_text for d in docs])
+        out[name] = round(1000 * (time.perf_counter() - started) / len(docs), 1)
+    return out
+
+
+def keyword_rows(rows: dict, splits: dict) -> dict:
+    """BM25 alone and hybrid (weighted over ALPHAS, or RRF, chosen on train) over the
+    default pipeline's index (the ``tp`` row), both through FaissIndex.search_vectors."""
+    if "tp" not in rows:
+        return {}
+    index, view = rows["tp"]["_index"], rows["tp"]["_view"]
+    train, test = splits["train"], splits["test"]
+    out = {}
+    bm25_train = ndcg10(train.qrels, run_of(index, train.ids, view["queries"][train.rows], train.texts, "bm25"))
+    run = run_of(index, test.ids, view["queries"][test.rows], test.texts, "bm25")
+    out["bm25"] = {"setting": {"bm25": "bm25s, Snowball stems (tp_rag.hybrid)"},
+                   "train_ndcg10": round(bm25_train, 3), "test": metrics(test.qrels, run),
+                   "vectors": 0, "index_bytes": len(index.bm25_index().to_bytes())}
+    options = [{"fusion": "rrf"}] + [{"fusion": "weighted", "alpha": a} for a in ALPHAS]
+    best = None
+    for option in options:
+        score = ndcg10(train.qrels, run_of(index, train.ids, view["queries"][train.rows], train.texts,
+                                           "hybrid", **option))
+        print(f"  hybrid {option}: train nDCG@10 {score:.2f}", flush=True)
+        if best is None or score > best[0]:
+            best = (score, option)
+    run = run_of(index, test.ids, view["queries"][test.rows], test.texts, "hybrid", **best[1])
+    out["hybrid"] = {"setting": {**rows["tp"]["setting"], **best[1]},
+                     "train_ndcg10": round(best[0], 3), "test": metrics(test.qrels, run),
+                     "vectors": rows["tp"]["vectors"],
+                     "index_bytes": rows["tp"]["index_bytes"] + out["bm25"]["index_bytes"]}
+    return out
+
+
+LABELS = {
+    "bm25": "BM25 (tp_rag.hybrid: bm25s, Snowball stems)",
+    "minilm": "all-MiniLM-L6-v2 (whole documents, 256 word pieces)",
+    "vanilla": "PromptEOL vanilla (no TP, layer 17), token passages",
+    "echo": "Echo embeddings (same model, text twice, mean of 2nd copy), token passages",
+    "tp-whole": "TP retrieval preset, whole documents cut to 256 tokens (the old default)",
+    "tp-o0": "TP retrieval preset, token passages without overlap",
+    "tp": "**TP retrieval preset, token passages (the new default)**",
+    "hybrid": "**hybrid: BM25 + the default dense side**",
+}
+
+
+def markdown(results: dict, description: dict) -> str:
+    lines = ["| system | setting (chosen on train) | train nDCG@10 | test nDCG@10 | test Recall@10 "
+             "| vectors | index bytes | encode ms / doc |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ["bm25", "minilm", "vanilla", "echo", "tp-whole", "tp-o0", "tp", "hybrid"]:
+        row = results.get(name)
+        if row is None:
+            continue
+        setting = ", ".join(f"{k} {v}" for k, v in row["setting"].items() if v is not None)
+        ms = row.get("ms_per_doc")
+        lines.append(f"| {LABELS[name]} | {setting} | {row['train_ndcg10']:.2f} | "
+                     f"{row['test']['ndcg10']:.2f} | {row['test']['recall10']:.2f} | {row['vectors']} | "
+                     f"{row['index_bytes']} | {'' if ms is None else f'{ms:.0f}'} |")
+    return "\n".join(lines) + "\n"
