@@ -107,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--stage", choices=["encode", "all"], default="all")
     parser.add_argument("--systems", nargs="+", default=None)
+    parser.add_argument("--no-timing", action="store_true", help="skip the encode-time sample")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -118,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      args.train_queries, args.test_queries, args.seed)
     cache = args.cache_dir or default_cache_dir() / "embeddings"
     print(json.dumps(data.description), flush=True)
-    results = rag_systems.run(data, cache, args.systems, encode_only=args.stage == "encode")
+    results = rag_systems.run(data, cache, args.systems, encode_only=args.stage == "encode",
+                              timing=not args.no_timing)
     if args.stage == "all":
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "results.json", run_record("rag-default", {**vars(args), **data.description}, results))

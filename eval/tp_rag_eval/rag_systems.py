@@ -30,7 +30,8 @@ VIEWS = {
 ENCODE_ORDER = ["tp", "tp-whole", "pseudo", "vanilla", "echo", "tp-p128", "tp-o0", "minilm"]
 
 
-def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool = False) -> dict:
+def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool = False,
+        timing: bool = True) -> dict:
     from tp_rag_eval.rag_default import encode, passages
 
     encoders = _encoders()
@@ -68,7 +69,7 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
         print(f"{name}: {time.time() - started:.0f} s", flush=True)
     if encode_only:
         return {}
-    return score_all(data, vectors, encoders, cache)
+    return score_all(data, vectors, encoders, cache, timing)
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def metrics(qrels, run) -> dict:
     return {"ndcg10": m["NDCG@10"], "recall10": m["Recall@10"], "recall100": m["Recall@100"]}
 
 
-def score_all(data, vectors: dict, encoders: dict, cache: Path) -> dict:
+def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing: bool = True) -> dict:
     from tp_rag_eval.cache import cached_encode
 
     splits = {s: Split(data, s) for s in ("train", "test")}
@@ -202,7 +203,8 @@ def score_all(data, vectors: dict, encoders: dict, cache: Path) -> dict:
     rows.update(keyword_rows(rows, splits))
     for row in rows.values():
         row.pop("_index", None), row.pop("_view", None)
-    for name, ms in encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid")]).items():
+    timed = encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid")]) if timing else {}
+    for name, ms in timed.items():
         rows[name]["ms_per_doc"] = ms
     if "hybrid" in rows and "tp" in rows:
         rows["hybrid"]["ms_per_doc"] = rows["tp"].get("ms_per_doc")
