@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,31 @@ def test_other_references_pass_through_unchanged(tmp_path):
         assert resolve_model(ref) == ref
     with pytest.raises(ExtraModelError, match="unknown extra model"):
         extra_models.model_path("nope")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("cli", ["sts", "sweep"])
+def test_eval_clis_resolve_extra_model_names(cli, tmp_path, monkeypatch):
+    import importlib
+
+    from tp_rag.testing import save_tiny_model
+
+    data = Path(os.environ.get("TP_RAG_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    if not (data / "senteval" / "STS").is_dir():
+        pytest.skip(f"STS data not found at {data / 'senteval'} (set TP_RAG_DATA)")
+    folder = save_tiny_model(tmp_path / "tiny")
+    asked = []
+    monkeypatch.setattr(extra_models, "model_path", lambda name: asked.append(name) or folder)
+    module = importlib.import_module(f"tp_rag_eval.{cli}")
+    monkeypatch.setattr(module, "check_tokenizer", lambda tokenizer: None)  # tiny BPE vocabulary
+    common = ["--data", str(data), "--model", "qwen2.5-coder-0.5b", "--limit", "8",
+              "--tp-exit" if cli == "sts" else "--tp-exits", "3", "--max-length", "48"]
+    if cli == "sts":
+        out = tmp_path / "sts.json"
+        assert module.main(common + ["--tasks", "STSB-dev", "--no-cache", "--out", str(out)]) == 0
+        models = {row["settings"]["model"] for row in json.loads(out.read_text())["results"]}
+    else:
+        assert module.main(common + ["--out-dir", str(tmp_path)]) == 0
+        record = json.loads((tmp_path / "sweep_stsb_dev_prompteol.json").read_text())
+        models = {record["settings"]["model"]}
+    assert asked == ["qwen2.5-coder-0.5b"] and models == {str(folder)}

@@ -174,7 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from tp_rag.models import load_model
 
         from tp_rag.presets import preset_config
+        from tp_rag_eval.extra_models import resolve_model
 
+        if args.model:  # an extra model name (qwen2.5-coder-0.5b) -> its assembled .gguf
+            args.model = resolve_model(args.model)
         loaded = None  # one model load shared by every row
         for name, over in build_systems(args):
             if args.model:
