@@ -304,9 +304,9 @@ def test_first_save_interrupted_can_be_retried(encoder, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         FaissIndex.load(tmp_path / "idx", encoder)
     monkeypatch.undo()
-    index.save(tmp_path / "idx")
+    manifest = index.save(tmp_path / "idx")
     assert len(FaissIndex.load(tmp_path / "idx", encoder)) == len(TEXTS)
-    assert len(list((tmp_path / "idx").iterdir())) == 3
+    assert len(list((tmp_path / "idx").iterdir())) == 1 + len(manifest.files)  # manifest + data files
 
 
 def test_interrupted_build_resumes_from_checkpoints(encoder, tmp_path, monkeypatch):
