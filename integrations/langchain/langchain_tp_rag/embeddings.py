@@ -61,7 +61,7 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
     preprocess: Optional[bool] = None
     max_length: Optional[int] = None
     device: Optional[str] = None
-    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
     normalize: Optional[bool] = None
     batch_size: Optional[int] = Field(
         None, ge=1, description="Texts per model batch; defaults to the encoder's. May differ "

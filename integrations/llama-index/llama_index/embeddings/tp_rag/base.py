@@ -85,7 +85,7 @@ class TokenPrependingEmbedding(BaseEmbedding):
     preprocess: Optional[bool] = Field(default=None, description="Paper's sentence normalisation.")
     max_length: Optional[int] = Field(default=None, description="Max tokens per prompt.")
     device: Optional[str] = Field(default=None, description="auto, cpu, cuda, cuda:N or mps.")
-    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = Field(
         default=None, description="Model dtype."
     )
     normalize: Optional[bool] = Field(default=None, description="L2-normalise the embeddings.")
