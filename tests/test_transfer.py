@@ -82,6 +82,15 @@ def test_too_few_items_per_class_is_a_clear_error():
         cv_then_test_accuracy(X, y, X, y, folds=5)
 
 
+def test_grid_edge_note():
+    from tp_rag_eval.transfer import grid_edge_note
+
+    assert grid_edge_note([0.25, 1.0], [0.0625, 0.25, 1.0]) == (
+        "C chosen at the grid's end (1) in 1 of 2 fits; a wider --c-exponents range may score higher")
+    assert grid_edge_note(0.0625, [0.0625, 0.25, 1.0]).startswith("C chosen at the grid's end (0.0625) in 1 of 1")
+    assert grid_edge_note([0.25], [0.0625, 0.25, 1.0]) is None
+
+
 def test_pair_features_are_u_v_absdiff_product():
     u, v = np.array([[1.0, -2.0]]), np.array([[3.0, 5.0]])
     np.testing.assert_array_equal(pair_features(u, v), [[1, -2, 3, 5, 2, 7, 3, -10]])
