@@ -30,18 +30,23 @@ class SlowEncoder:
         self.delay = delay
         self.config, self.dim, self.tokenizer = self._inner.config, self._inner.dim, self._inner.tokenizer
         self.ran: list[str] = []
-        self.started = threading.Event()
+        self.started, self.idle = threading.Event(), threading.Event()
 
     def encode(self, texts, **kwargs):
+        self.idle.clear()
         self.started.set()
         self.ran.extend(texts)
         time.sleep(self.delay)
-        return self._inner.encode(texts, **kwargs)
+        try:
+            return self._inner.encode(texts, **kwargs)
+        finally:
+            self.idle.set()
 
 
 def serve(encoder, **settings):
     defaults = dict(max_batch_texts=1, max_wait_ms=0)
-    return BackgroundServer(create_app(encoder, ServerSettings(**{**defaults, **settings})))
+    app = create_app(encoder, ServerSettings(**{**defaults, **settings}))
+    return BackgroundServer(app, shutdown_timeout=60)  # generous: a busy machine is slow
 
 
 def post(url, text, timeout=30.0):
@@ -82,11 +87,12 @@ def test_full_queue_gives_503_with_the_configured_retry_after():
 
 
 def test_timeout_gives_504_and_queued_work_never_runs():
-    encoder = SlowEncoder(delay=1.0)
-    with serve(encoder, request_timeout_s=0.4) as server:
+    encoder = SlowEncoder(delay=3.0)
+    with serve(encoder, request_timeout_s=1.0) as server:
         first, second = in_threads([lambda: post(server.url, "first"),
                                     lambda: post(server.url, "second")])
-        time.sleep(1.0)  # let the first run end
+        assert encoder.idle.wait(10)  # the first run ends; its result is thrown away
+        time.sleep(0.2)
         health = httpx.get(server.url + "/health").json()
     assert first.status_code == 504 and second.status_code == 504
     assert second.json()["error"]["code"] == "timeout"
@@ -95,11 +101,12 @@ def test_timeout_gives_504_and_queued_work_never_runs():
 
 
 def test_client_disconnect_drops_its_queued_work():
-    encoder = SlowEncoder(delay=1.0)
+    encoder = SlowEncoder(delay=2.5)
     with serve(encoder) as server:
         def impatient():
+            assert encoder.started.wait(10)  # queued behind the running request
             with pytest.raises(httpx.ReadTimeout):
-                post(server.url, "impatient", timeout=0.3)  # gives up and closes the socket
+                post(server.url, "impatient", timeout=0.5)  # gives up and closes the socket
             return "gave up"
 
         first, gone = in_threads([lambda: post(server.url, "patient"), impatient])

@@ -30,14 +30,15 @@ class BackgroundServer:
     ``port=0`` (the default) binds a free port, read back as :attr:`port`.
     """
 
-    def __init__(self, app, host: str = LOOPBACK, port: int = 0, *, log_level: str = "warning"):
+    def __init__(self, app, host: str = LOOPBACK, port: int = 0, *, log_level: str = "warning",
+                 shutdown_timeout: float = 5.0):
         self.host = host
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, access_log=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=shutdown_timeout)
         self._server = uvicorn.Server(config)
         self._thread: Optional[threading.Thread] = None
 
@@ -60,7 +61,7 @@ class BackgroundServer:
             time.sleep(0.02)
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
         if self._thread is None:
             return
         self._server.should_exit = True
