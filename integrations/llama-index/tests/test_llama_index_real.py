@@ -20,7 +20,9 @@ PASSAGES = {
 
 def test_preset_settings_with_shared_encoder(real_encoder):
     embed_model = TokenPrependingEmbedding(preset="gemma-3-270m", encoder=real_encoder)
-    assert embed_model.tp_exit == 5 and embed_model.model_name == "gemma-3-270m"
+    from tp_rag.presets import PRESETS
+
+    assert embed_model.tp_exit == PRESETS["gemma-3-270m"]["tp_exit"] and embed_model.model_name == "gemma-3-270m"
     texts = list(PASSAGES.values())[:2]
     np.testing.assert_allclose(
         embed_model.get_text_embedding_batch(texts), real_encoder.encode_documents(texts), atol=1e-5
