@@ -4,7 +4,7 @@
 # stopped run resumes. Run from the repository root:
 #   bash eval/scripts/run_suite.sh
 # Environment: TP_RAG_DATA (default ../shared/data), PY (python). On the 2-core CPU this took
-# about 3 hours (SciFact: 10-12 min per full-corpus pass in bfloat16); on a GPU, minutes.
+# several hours (SciFact: 10-12 min per full-corpus pass in bfloat16 on an AMX CPU); on a GPU, minutes.
 # Needs transformers >= 5.24 (5.17 converts the bundled GGUF with a character-level tokenizer;
 # the harness refuses that).
 set -euo pipefail
@@ -12,19 +12,33 @@ PY=${PY:-python}
 R=eval/results
 step() { echo "=== $(date -u +%H:%M:%S) $*" >&2; }
 
-step "STS-B dev layer sweep (sets the gemma-3-270m preset)"
+step "English STS-B dev layer sweep (sets the gemma-3-270m preset)"
 $PY -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 --batch-size 64 --out-dir $R
 
 step "STS test sets"
-$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --batch-size 64 --out $R/sts_prompteol.json
-$PY -m tp_rag_eval.sts --prompt pretended_cot knowledge --mode both --from-sweep $R --layers-from prompteol \
-    --dtype bfloat16 --batch-size 64 --tasks STSB-test --out $R/sts_pretended_cot_knowledge_stsb_test_bf16.json
-$PY -m tp_rag_eval.sts --prompt metaeol --mode both --from-sweep $R --layers-from prompteol \
-    --dtype bfloat16 --batch-size 64 --tasks STSB-test --limit 300 --out $R/sts_metaeol_stsb_test300_bf16.json
-$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --dtype bfloat16 --batch-size 64 \
-    --tasks STSB-test --limit 300 --out $R/sts_prompteol_stsb_test300_bf16.json
-$PY -m tp_rag_eval.sts --only-minilm --tasks STSB-test --limit 300 --out $R/sts_minilm_stsb_test300.json
 $PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS12 --out $R/sts_minilm.json
+$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --batch-size 64 --out $R/sts_prompteol.json
+
+step "Ablation on a seeded 300-pair dev sample"
+E=$($PY -c "import json; print(json.load(open('$R/sweep_stsb_dev_prompteol.json'))['results']['best']['tp']['tp_exit'])")
+S=(--prompt prompteol --sample 300 --seed 0 --batch-size 64 --out-dir $R/ablation)
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --tag base
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --no-vanilla --pst-init zeros --tag pst-zeros
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --no-vanilla --pst-init pad --tag pst-pad
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --no-vanilla --pst-init random --tag pst-random
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --no-vanilla --tp-start 0 --tag tp-start-0
+$PY -m tp_rag_eval.sweep "${S[@]}" --tp-exits $E --no-preprocess --tag no-preprocess
+
+step "Classification (SentEval transfer; seeded 500 items per split, TREC 1,500)"
+T=(MR CR SUBJ MPQA SST2 MRPC)
+$PY -m tp_rag_eval.transfer --only-minilm --limit 500 --tasks "${T[@]}" --out $R/transfer_minilm_limit500.json
+$PY -m tp_rag_eval.transfer --only-minilm --limit 1500 --tasks TREC --out $R/transfer_minilm_trec_limit1500.json
+$PY -m tp_rag_eval.transfer --prompt prompteol --mode both --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --out $R/transfer_prompteol_limit500.json
+$PY -m tp_rag_eval.transfer --prompt prompteol --mode both --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --out $R/transfer_prompteol_trec_limit1500.json
+
+step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra)"
+$PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 300 --seed 0 --tp-exits 3 5 7 \
+    --batch-size 64 --out-dir $R/qwen2.5-coder-0.5b
 
 step "SciFact: full-corpus layer grids (choices on qrels/train.tsv) and the ideas table"
 G=$R/grid_scifact
@@ -52,8 +66,8 @@ view chunk150_mean --chunk-words 150 --chunk-agg mean
 step "tp-rag tune, as documented in the README"
 mkdir -p $R/tune
 TP_RAG_PRESETS=$R/tune/presets.json tp-rag tune --pairs "${TP_RAG_DATA:-../shared/data}/senteval/STS/STSBenchmark/sts-dev.csv" \
-    --limit 500 --tp-exits 4,5,6 --dtype bfloat16 --save-preset gemma-3-270m-tuned \
-    --heatmap $R/tune/tune_stsb_dev500_bf16.png --json $R/tune/tune_stsb_dev500_bf16.json > $R/tune/tune_stsb_dev500_bf16.txt
+    --limit 300 --tp-exits 3,4,5 --dtype float32 --save-preset gemma-3-270m-tuned \
+    --heatmap $R/tune/tune_stsb_dev300.png --json $R/tune/tune_stsb_dev300.json > $R/tune/tune_stsb_dev300.txt
 
 step "tables"
 $PY -m tp_rag_eval.report > $R/TABLES.md
