@@ -117,6 +117,35 @@ def sweep_choice(sweep_dir: Path, prompt: str) -> dict:
     return json.loads(path.read_text())["results"]["best"]
 
 
+def add_system_args(ap) -> None:
+    """The options that pick the systems to score (model, prompts, modes, layers, runtime,
+    MiniLM, cache); shared by the STS and the transfer command lines with ``build_systems``."""
+    ap.add_argument("--preset", default="gemma-3-270m")
+    ap.add_argument("--model", default=None,
+                    help="override the preset's model (also an extra model name, e.g. "
+                    "qwen2.5-coder-0.5b: python -m tp_rag_eval.extra_models --list)")
+    ap.add_argument("--prompt", nargs="+", default=["prompteol"], help="prompt families")
+    ap.add_argument("--mode", choices=["vanilla", "tp", "both"], default="both")
+    ap.add_argument("--from-sweep", type=Path, default=None,
+                    help="folder with sweep_stsb_dev_<prompt>.json: take each mode's layers from it")
+    ap.add_argument("--layers-from", default=None, metavar="PROMPT",
+                    help="with --from-sweep: use this prompt's sweep for every --prompt")
+    ap.add_argument("--tp-start", type=int, default=1)
+    ap.add_argument("--tp-exit", type=int, default=None)
+    ap.add_argument("--output-layer", type=int, default=None, help="TP rows' output layer")
+    ap.add_argument("--vanilla-output-layer", type=int, default=None)
+    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false",
+                    help="skip the paper's sentence normalisation (on by default, as for STS)")
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--minilm", action="store_true", help="also score all-MiniLM-L6-v2")
+    ap.add_argument("--only-minilm", action="store_true", help="score only all-MiniLM-L6-v2")
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    ap.add_argument("--no-cache", action="store_true")
+
+
 def build_systems(args) -> list[tuple[str, dict]]:
     from tp_rag_eval.beir_eval import encoder_overrides
 
@@ -137,32 +166,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="data root holding senteval/ (or the SentEval folder itself)")
     ap.add_argument("--tasks", nargs="+", default=["STSB-test", "SICK-R-test", "STS12"],
                     help="STS12..STS16, STSB-dev, STSB-test, SICK-R-test, or 'all' (what exists)")
-    ap.add_argument("--preset", default="gemma-3-270m")
-    ap.add_argument("--model", default=None, help="override the preset's model")
-    ap.add_argument("--prompt", nargs="+", default=["prompteol"], help="prompt families")
-    ap.add_argument("--mode", choices=["vanilla", "tp", "both"], default="both")
-    ap.add_argument("--from-sweep", type=Path, default=None,
-                    help="folder with sweep_stsb_dev_<prompt>.json: take each mode's layers from it")
-    ap.add_argument("--layers-from", default=None, metavar="PROMPT",
-                    help="with --from-sweep: use this prompt's sweep for every --prompt")
-    ap.add_argument("--tp-start", type=int, default=1)
-    ap.add_argument("--tp-exit", type=int, default=None)
-    ap.add_argument("--output-layer", type=int, default=None, help="TP rows' output layer")
-    ap.add_argument("--vanilla-output-layer", type=int, default=None)
-    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false",
-                    help="skip the paper's sentence normalisation (on by default for STS)")
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--minilm", action="store_true", help="also score all-MiniLM-L6-v2")
-    ap.add_argument("--only-minilm", action="store_true", help="score only all-MiniLM-L6-v2")
+    add_system_args(ap)
     ap.add_argument("--limit", type=int, default=None, help="first N pairs per subset (smoke runs)")
     ap.add_argument("--sample", type=int, default=None,
                     help="a seeded random sample of N pairs per subset (stated in the output)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
-    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default: print only)")
     args = ap.parse_args(argv)
 

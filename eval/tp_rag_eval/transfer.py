@@ -27,9 +27,10 @@ import numpy as np
 
 from tp_rag_eval.cache import cached_encode
 from tp_rag_eval.common import (
-    MINILM, MiniLMEncoder, check_tokenizer, default_cache_dir, default_data_root, run_record,
+    MINILM, MiniLMEncoder, check_tokenizer, default_data_root, run_record,
     write_json,
 )
+from tp_rag_eval.sts import add_system_args
 from tp_rag_eval.transfer_data import TASKS, TransferTask, limit_task, load_transfer_task
 
 SEED = 1111  # SentEval's default seed (folds and sampling)
@@ -294,30 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=SEED, help="folds and --limit sample")
     ap.add_argument("--c-exponents", type=int, nargs="+", default=list(C_EXPONENTS),
                     help="the C grid as powers of two")
-    ap.add_argument("--preset", default="gemma-3-270m")
-    ap.add_argument("--model", default=None,
-                    help="override the preset's model (also an extra model name, e.g. "
-                    "qwen2.5-coder-0.5b: python -m tp_rag_eval.extra_models --list)")
-    ap.add_argument("--prompt", nargs="+", default=["prompteol"], help="prompt families")
-    ap.add_argument("--mode", choices=["vanilla", "tp", "both"], default="both")
-    ap.add_argument("--from-sweep", type=Path, default=None,
-                    help="folder with sweep_stsb_dev_<prompt>.json: take each mode's layers from it")
-    ap.add_argument("--layers-from", default=None, metavar="PROMPT",
-                    help="with --from-sweep: use this prompt's sweep for every --prompt")
-    ap.add_argument("--tp-start", type=int, default=1)
-    ap.add_argument("--tp-exit", type=int, default=None)
-    ap.add_argument("--output-layer", type=int, default=None, help="TP rows' output layer")
-    ap.add_argument("--vanilla-output-layer", type=int, default=None)
-    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false",
-                    help="skip the paper's sentence normalisation (on by default, as for STS)")
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--minilm", action="store_true", help="also score all-MiniLM-L6-v2")
-    ap.add_argument("--only-minilm", action="store_true", help="score only all-MiniLM-L6-v2")
-    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    ap.add_argument("--no-cache", action="store_true")
+    add_system_args(ap)
     ap.add_argument("--out", type=Path, default=None,
                     help="result JSON; the Markdown table goes beside it (.md)")
     ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
