@@ -86,8 +86,10 @@ def part_paths(model: SplitGGUF) -> list[Path]:
 def assemble(parts: Sequence[Path], target: Path, size: int, sha256: str) -> Path:
     """Concatenate ``parts`` in order into ``target`` (atomically) and verify it; a ``target``
     already there is reused only if it has the expected size and sha256."""
+    from tp_rag.models import sha256_file
+
     target = Path(target)
-    if target.is_file() and target.stat().st_size == size and _sha256(target) == sha256:
+    if target.is_file() and target.stat().st_size == size and sha256_file(target) == sha256:
         return target
     absent = [str(p) for p in parts if not Path(p).is_file()]
     if absent:
@@ -116,14 +118,6 @@ def assemble(parts: Sequence[Path], target: Path, size: int, sha256: str) -> Pat
             os.unlink(tmp)
         raise
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_path(name: str, cache: Optional[Path] = None) -> Path:
