@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,30 +10,13 @@ from typer.testing import CliRunner
 
 from tp_rag.cli import app
 from tp_rag.index import FaissIndex
-from tp_rag.testing import save_tiny_model
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "corpus.jsonl"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def allowed_model(model_dir, tmp_path_factory):
-    """The tiny model in the user's allow-list (tp_rag.index.trust), so that commands may
-    rebuild the encoder from an index's manifest as they do for the bundled model."""
-    allow = tmp_path_factory.mktemp("trust") / "trusted-models.json"
-    allow.write_text(json.dumps({"models": [str(model_dir)]}))
-    before = os.environ.get("TP_RAG_TRUSTED_MODELS")
-    os.environ["TP_RAG_TRUSTED_MODELS"] = str(allow)
-    yield allow
-    if before is None:
-        os.environ.pop("TP_RAG_TRUSTED_MODELS", None)
-    else:
-        os.environ["TP_RAG_TRUSTED_MODELS"] = before
+# model_dir and allowed_model (the tiny model in the allow-list) are in conftest.py.
+pytestmark = pytest.mark.usefixtures("allowed_model")
 
 
 @pytest.fixture(scope="module")
