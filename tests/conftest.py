@@ -1,4 +1,4 @@
-"""Fixtures shared by the CLI test modules."""
+"""Fixtures shared by several test modules."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def allowed_model(model_dir, tmp_path_factory):
         os.environ.pop("TP_RAG_TRUSTED_MODELS", None)
     else:
         os.environ["TP_RAG_TRUSTED_MODELS"] = before
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: two threads on a busy 2-core machine stall at every
+    barrier (see the bench's threads suite), which makes timing tests flaky."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,13 +30,7 @@ PASSAGES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on a busy 2-core machine stall at every barrier (see the threads suite).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # in conftest.py
 
 
 @pytest.fixture(scope="module")

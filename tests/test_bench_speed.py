@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tp_rag.batching import Row, iter_batches, token_budget_groups
 from tp_rag.config import EncoderConfig
@@ -22,12 +21,7 @@ TEXTS = ["A man is playing a guitar.", "hi there", "Cats sleep on the sofa while
          " ".join(["Token prepending helps."] * 3)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # in conftest.py
 
 
 @pytest.fixture(scope="module")
