@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import tp_rag.encoder  # before any patching: it binds models.load_model at import
 import tp_rag.models
 from tp_rag.cli import app
 from tp_rag.config import EncoderConfig

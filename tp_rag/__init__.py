@@ -1,8 +1,6 @@
 """tp-rag: sentence and passage embeddings from decoder-only LLMs with Token Prepending."""
 
 from tp_rag.config import BUNDLED_MODEL, EncoderConfig
-from tp_rag.encoder import Encoder
-from tp_rag.models import ModelNotFoundError, UnsupportedModelError
 from tp_rag.presets import (
     DEFAULT_PRESET, RETRIEVAL_PRESET, UnknownPresetError, default_preset, list_presets, preset_config,
 )
@@ -11,12 +9,22 @@ from tp_rag.prompts import FAMILIES as PROMPT_FAMILIES
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
-    # The index pulls in faiss; load it only when asked for.
-    if name in ("FaissIndex", "Hit"):
-        from tp_rag import index
+# Loaded on first use (PEP 562): torch, transformers and faiss cost seconds to import, and
+# `tp-rag --help`, `tp-rag info` or a bad-argument error should not pay for them.
+_LAZY = {
+    "Encoder": "tp_rag.encoder",
+    "ModelNotFoundError": "tp_rag.models",
+    "UnsupportedModelError": "tp_rag.models",
+    "FaissIndex": "tp_rag.index",
+    "Hit": "tp_rag.index",
+}
 
-        return getattr(index, name)
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tp_rag' has no attribute {name!r}")
 
 __all__ = [

@@ -187,9 +187,13 @@ def quiet_loading() -> None:
     import sys
 
     if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:
+            hf_logging.disable_progress_bar()
+        else:  # transformers reads this when it is imported; importing it here costs ~1 s
+            from huggingface_hub.utils import disable_progress_bars
 
-        hf_logging.disable_progress_bar()
+            disable_progress_bars()
 
 
 # -- error handling -------------------------------------------------------------------------------

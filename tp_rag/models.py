@@ -151,11 +151,11 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
 
 
 def load_model(reference: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    source = _resolve_reference(reference)  # first: an unknown model fails before the imports
     from transformers import AutoModel, AutoTokenizer
 
     target = resolve_device(device)
     choice = resolve_dtype(dtype, target)
-    source = _resolve_reference(reference)
     converted = _is_converted(source)
     try:
         tokenizer = fast_tokenizer(Path(source)) if converted else AutoTokenizer.from_pretrained(source)
