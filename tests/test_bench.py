@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -271,3 +272,18 @@ def test_cli_suites_and_report_on_a_tiny_model_folder(tmp_path):
     for title in ("Token Prepending overhead", "Early exit", "Length-sorted", "float32 vs bfloat16",
                   "Achieved FLOP/s", "torch threads", "Encoder construction", "Tokenizer load"):
         assert title in summary
+
+
+def test_startup_suite_times_fresh_processes_and_checks_exit_codes(monkeypatch):
+    from tp_rag_eval.bench import load
+
+    monkeypatch.setattr(load, "STARTUP_COMMANDS", {
+        "ok": [sys.executable, "-c", "pass"],
+        "fails_as_expected": [sys.executable, "-c", "import sys; sys.exit(1)"],
+    })
+    monkeypatch.setattr(load, "STARTUP_EXIT_CODE", {"fails_as_expected": 1})
+    result = load.bench_startup(reps=2)
+    assert result["wall_s"]["ok"]["n"] == 2 and result["cpu_s"]["fails_as_expected"]["n"] == 2
+    monkeypatch.setattr(load, "STARTUP_EXIT_CODE", {})
+    with pytest.raises(RuntimeError, match="fails_as_expected failed"):
+        load.bench_startup(reps=1)

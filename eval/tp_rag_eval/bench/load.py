@@ -150,7 +150,18 @@ STARTUP_COMMANDS = {
                     "from tp_rag import Encoder; Encoder.from_preset('gemma-3-270m')"],
     # the whole command line, one embedding written to stdout
     "embed_hello": [sys.executable, "-m", "tp_rag.cli", "embed", "hello"],
+    # the floor under the two above: imports no tp-rag code can avoid
+    "import_torch": [sys.executable, "-c", "import torch"],
+    "import_transformers_gemma3": [sys.executable, "-c",
+                                   "import transformers.models.gemma3.modeling_gemma3"],
+    # commands that need no model must not pay for torch (lazy imports)
+    "cli_help": [sys.executable, "-m", "tp_rag.cli", "--help"],
+    # fast failure: an unknown hub id while offline (exit code 1, one error line)
+    "unknown_model_offline": [sys.executable, "-m", "tp_rag.cli", "embed", "--model",
+                              "no-such-org/no-such-model", "hi"],
 }
+STARTUP_ENV = {"unknown_model_offline": {"HF_HUB_OFFLINE": "1"}}
+STARTUP_EXIT_CODE = {"unknown_model_offline": 1}
 
 
 def bench_startup(reps: int = 3, threads: Optional[int] = None, timeout: float = 300) -> dict:
@@ -169,12 +180,12 @@ def bench_startup(reps: int = 3, threads: Optional[int] = None, timeout: float =
         for name in names[r % len(names):] + names[: r % len(names)]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            proc = subprocess.run(STARTUP_COMMANDS[name], env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(STARTUP_COMMANDS[name], env={**env, **STARTUP_ENV.get(name, {})},
+                                  capture_output=True, text=True, timeout=timeout)
             wall[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-            if proc.returncode != 0:
+            if proc.returncode != STARTUP_EXIT_CODE.get(name, 0):
                 raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return rounded({
         "commands": {n: " ".join(c[2:] if c[1] == "-m" else c[1:]) for n, c in STARTUP_COMMANDS.items()},
