@@ -78,7 +78,7 @@ def test_search_table_and_json(built):
     result = invoke("search", built, "How tall is Mount Everest?", "-k", "3", "--width", "100")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "query: How tall is Mount Everest?"
+    assert lines[0] == "query: How tall is Mount Everest?  [mode hybrid, fusion weighted, alpha 0.25]"
     assert lines[1].split() == ["#", "score", "id", "text"]
     assert len(lines) == 6 and all(len(line) <= 100 for line in lines)
 
@@ -89,7 +89,13 @@ def test_search_table_and_json(built):
     index = FaissIndex.load(built)
     expected = index.search_batch(["Mount Everest", "the capital"], k=2)
     assert [[h["id"] for h in r["results"]] for r in rows] == [[h.id for h in e] for e in expected]
-    assert set(rows[0]["results"][0]) == {"rank", "id", "score", "text", "metadata"}
+    assert set(rows[0]["results"][0]) == {"rank", "id", "score", "scores", "text", "metadata"}
+    assert rows[0]["mode"] == "hybrid"  # the default: the best measured setting
+
+    result = invoke("search", built, "Mount Everest", "-k", "2", "--json", "--mode", "dense")
+    row = json.loads(result.stdout)
+    assert "mode" not in row and set(row["results"][0]) == {"rank", "id", "score", "text", "metadata"}
+    assert [h["id"] for h in row["results"]] == [h.id for h in index.search("Mount Everest", 2, mode="dense")]
 
 
 def test_info(built):

@@ -83,7 +83,8 @@ def test_bm25_mode(built):
 
 
 def test_dense_output_keeps_its_shape(built):
-    row = json.loads(invoke("search", built, "Mount Everest", "-k", "1", "--json").stdout)
+    row = json.loads(invoke("search", built, "Mount Everest", "-k", "1", "--json", "--mode",
+                            "dense").stdout)
     assert set(row) == {"query", "results"}
     assert set(row["results"][0]) == {"rank", "id", "score", "text", "metadata"}
 

@@ -149,10 +149,16 @@ def index(encoder):
     return build(encoder)
 
 
-def test_default_mode_is_dense_and_unchanged(index):
-    dense = index.search("guitar player", k=3)
-    assert dense == index.search("guitar player", k=3, mode="dense")
-    assert dense == index.search_vectors(index.encoder.encode_queries(["guitar player"]), 3)[0]
+def test_default_mode_is_hybrid_and_dense_is_unchanged(index):
+    assert hybrid.DEFAULT_MODE == "hybrid"
+    default = index.search("guitar player", k=3)
+    assert default == index.search("guitar player", k=3, mode="hybrid")
+    assert all(h.scores is not None and "bm25" in h.scores for h in default)
+    vectors = index.encoder.encode_queries(["guitar player"])
+    # vectors with their texts: hybrid; vectors alone: dense (there is nothing to match words on)
+    assert index.search_vectors(vectors, 3, queries=["guitar player"])[0] == default
+    dense = index.search("guitar player", k=3, mode="dense")
+    assert dense == index.search_vectors(vectors, 3)[0]
     assert all(h.scores is None and "scores" not in h.to_dict() for h in dense)
 
 
@@ -175,7 +181,7 @@ def test_bm25_indexes_the_title_too(encoder):
 def test_hybrid_scores_come_from_both_sides(index, fusion):
     n = len(index)
     for query in QUERIES:
-        dense = {h.id: h for h in index.search(query, k=n)}
+        dense = {h.id: h for h in index.search(query, k=n, mode="dense")}
         bm25 = {h.id: h for h in index.search(query, k=n, mode="bm25")}
         hits = index.search(query, k=4, mode="hybrid", fusion=fusion, alpha=0.3)
         assert [h.rank for h in hits] == [1, 2, 3, 4]
@@ -203,7 +209,7 @@ def test_hybrid_scores_come_from_both_sides(index, fusion):
 def test_weighted_alpha_one_is_dense_and_alpha_zero_is_bm25(index):
     n = len(index)
     for query in QUERIES:
-        dense = [h.id for h in index.search(query, k=n)]
+        dense = [h.id for h in index.search(query, k=n, mode="dense")]
         bm25 = [h.id for h in index.search(query, k=n, mode="bm25")]
         assert bm25, query
         only_dense = index.search(query, k=n, mode="hybrid", fusion="weighted", alpha=1.0)

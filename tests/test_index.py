@@ -63,9 +63,12 @@ def test_search_returns_ranked_hits_with_metadata(encoder):
 def test_search_batch_matches_single_searches(encoder):
     index = build(encoder)
     queries = ["capital of France", "guitar music"]
-    assert as_tuples(index.search_batch(queries, k=4)) == [
-        as_tuples([index.search(q, k=4)])[0] for q in queries
-    ]
+    for mode in ("hybrid", "dense"):
+        batch = index.search_batch(queries, k=4, mode=mode)
+        single = [index.search(q, k=4, mode=mode) for q in queries]
+        assert [[h.id for h in hits] for hits in batch] == [[h.id for h in hits] for hits in single]
+        assert [h.score for hits in batch for h in hits] == pytest.approx(
+            [h.score for hits in single for h in hits], abs=1e-5)
 
 
 def test_public_attributes_for_integrations(encoder):

@@ -328,5 +328,18 @@ def test_search_without_text_and_limits(search_client):
     assert_error(search_client.post("/v1/search", json={"query": "x", "k": 3}), 400)
 
 
+def test_search_modes_default_to_hybrid(search_client):
+    def first(body):
+        r = search_client.post("/v1/search", json={"query": TEXTS[2], "top_k": 2, **body})
+        assert r.status_code == 200, r.text
+        return r.json()
+    default, dense, bm25 = first({}), first({"mode": "dense"}), first({"mode": "bm25"})
+    assert default["data"][0]["hits"][0]["scores"]["fusion"] == "weighted"  # hybrid
+    assert default["data"] == first({"mode": "hybrid"})["data"]
+    assert "scores" not in dense["data"][0]["hits"][0]
+    assert bm25["data"][0]["hits"][0]["id"] == "d2" and bm25["usage"]["total_tokens"] == 0
+    assert_error(search_client.post("/v1/search", json={"query": "x", "mode": "sparse"}), 400)
+
+
 def test_search_without_an_index_is_404(client):
     assert_error(client.post("/v1/search", json={"query": "x"}), 404, "no_index")

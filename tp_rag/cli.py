@@ -358,9 +358,10 @@ def search(
     width: Annotated[Optional[int], typer.Option(
         "--width", min=40, help="Table width (default: the terminal's).")] = None,
     mode: Annotated[SearchMode, typer.Option(
-        "--mode", help="dense: embeddings only; bm25: keywords only (no model is loaded; "
-        "documents sharing no word with the query are left out); hybrid: both, fused.",
-        case_sensitive=False)] = SearchMode.dense,
+        "--mode", help="hybrid: embeddings and keywords fused (the best measured setting); "
+        "dense: embeddings only; bm25: keywords only (no model is loaded; documents sharing "
+        "no word with the query are left out).",
+        case_sensitive=False)] = SearchMode(hybrid.DEFAULT_MODE),
     fusion: Annotated[Fusion, typer.Option(
         "--fusion", help="How --mode hybrid combines the two lists: rrf (reciprocal rank "
         "fusion, sum of 1/(rrf-k + rank)) or weighted (alpha * dense + (1 - alpha) * bm25 "
@@ -383,7 +384,7 @@ def search(
     """Search an index folder; the encoder is rebuilt from the index's manifest (its model
     is used if it is the bundled one or allowed, see --trust-index-model).
 
-    Example: tp-rag search my-index "highest mountain in the world" -k 3 --mode hybrid
+    Example: tp-rag search my-index "highest mountain in the world" -k 3 --mode dense
 
     With --json, each hit's "score" is the fused score in hybrid mode, and "scores" holds the
     dense and BM25 ranks and scores it came from.

@@ -475,10 +475,10 @@ class FaissIndex:
     ) -> list[Hit]:
         """The ``k`` best documents for one query.
 
-        ``mode``: ``"dense"`` (default; the query embedded with ``encode_queries``, inner
-        product), ``"bm25"`` (keywords only; documents sharing no term with the query are not
-        returned, so there may be fewer than ``k``) or ``"hybrid"`` (both, fused; see
-        :mod:`tp_rag.hybrid`). For hybrid, ``fusion`` is ``"rrf"`` (reciprocal rank fusion,
+        ``mode``: ``"hybrid"`` (default: dense and BM25 fused, see :mod:`tp_rag.hybrid`;
+        the best measured setting, ``hybrid.DEFAULT_MODE``), ``"dense"`` (the query embedded
+        with ``encode_queries``, inner product) or ``"bm25"`` (keywords only; documents sharing
+        no term with the query are not returned, so there may be fewer than ``k``). For hybrid, ``fusion`` is ``"rrf"`` (reciprocal rank fusion,
         constant ``rrf_k``) or ``"weighted"`` (``alpha`` * min-max dense score + (1 - ``alpha``)
         * min-max BM25 score), over the top ``max(k, candidates or 100)`` of each side.
 
@@ -525,7 +525,7 @@ class FaissIndex:
         k: int = 10,
         *,
         queries: Optional[Sequence[str]] = None,
-        mode: str = hybrid.DEFAULT_MODE,
+        mode: Optional[str] = None,
         fusion: str = hybrid.DEFAULT_FUSION,
         alpha: float = hybrid.DEFAULT_ALPHA,
         rrf_k: int = hybrid.DEFAULT_RRF_K,
@@ -534,7 +534,10 @@ class FaissIndex:
     ) -> list[list[Hit]]:
         """Search with query vectors already computed by ``encode_queries`` (``(n, dim)`` or
         ``(dim,)``; the index's centering is applied to them here). Hybrid and BM25 modes
-        also need the query texts (``queries``). Options as :meth:`search`."""
+        also need the query texts (``queries``); ``mode`` defaults to ``hybrid.DEFAULT_MODE``
+        when they are given and to ``"dense"`` when not. Options as :meth:`search`."""
+        if mode is None:
+            mode = hybrid.DEFAULT_MODE if queries is not None else "dense"
         options = hybrid.SearchOptions(mode, fusion, alpha, rrf_k, candidates)
         _check_k(k)
         vectors = np.asarray(vectors, dtype=np.float32)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tp_rag import hybrid
 from tp_rag.encoder import NonFiniteEmbeddingError
 from tp_rag.server.batcher import DynamicBatcher, QueueFullError, ShuttingDownError
 from tp_rag.server.errors import APIError, BodyLimitMiddleware, install_error_handlers
@@ -45,6 +46,8 @@ class SearchRequest(BaseModel):
     include_text: bool = True
     passages: bool = Field(False, description="Return stored passages instead of documents "
                            "(each document once, at its best passage, by default).")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        hybrid.DEFAULT_MODE, description="hybrid (dense and BM25 fused; the default), dense or bm25.")
 
 
 # -- the application --------------------------------------------------------------------------------
@@ -189,9 +192,15 @@ def create_app(encoder, settings: Optional[ServerSettings] = None, *, index=None
             raise APIError(400, f"top_k must be at most {settings.max_top_k}, got {body.top_k}",
                            param="top_k", code="invalid_value")
         queries = checked_texts(body.query, "query", settings)
-        vectors, tokens = await embed(queries, "query", request)
-        results = await asyncio.to_thread(index.search_vectors, vectors, body.top_k,
-                                          passages=body.passages)
+        if body.mode == "bm25":  # keywords only: nothing to embed
+            tokens = [0]
+            results = await asyncio.to_thread(index.search_batch, queries, body.top_k,
+                                              mode="bm25", passages=body.passages)
+        else:
+            vectors, tokens = await embed(queries, "query", request)
+            results = await asyncio.to_thread(index.search_vectors, vectors, body.top_k,
+                                              queries=queries, mode=body.mode,
+                                              passages=body.passages)
         data = []
         for i, hits in enumerate(results):
             rows = []
