@@ -103,6 +103,10 @@ def test_cache_key_tracks_vector_settings_only():
     other = tiny_encoder(tp_exit=3, output_layer=-1, batch_size=8)
     other.tokenizer = lambda text, add_special_tokens=False: {"input_ids": [ord(c) for c in text]}
     assert cache_key(other, "document") != key
+    # "auto" is keyed by what it resolved to: the same store as that dtype asked for by name
+    auto = tiny_encoder(tp_exit=3, output_layer=-1, batch_size=8, dtype="auto")
+    assert cache_key(tiny_encoder(tp_exit=3, output_layer=-1, batch_size=8, dtype=auto.dtype),
+                     "document") == cache_key(auto, "document")
     # TP-only settings do not split vanilla stores
     assert cache_key(tiny_encoder(token_prepending=False, tp_exit=2)) == cache_key(
         tiny_encoder(token_prepending=False, tp_exit=3))
@@ -111,7 +115,7 @@ def test_cache_key_tracks_vector_settings_only():
 class CountingEncoder:
     def __init__(self, encoder):
         self.inner, self.calls = encoder, []
-        self.config, self.output_layer = encoder.config, encoder.output_layer
+        self.config, self.output_layer, self.dtype = encoder.config, encoder.output_layer, encoder.dtype
         self.tokenizer = encoder.tokenizer
 
     def encode(self, texts, **kwargs):

@@ -62,7 +62,8 @@ def vector_settings(encoder, kind: str = "text") -> dict[str, Any]:
         "output_layer": encoder.output_layer,  # resolved, so -1 and 18 share a store
         "preprocess": cfg.preprocess,
         "max_length": cfg.max_length,
-        "dtype": cfg.dtype,
+        # what the model runs in, so "auto" is stored as what it resolved to on this machine
+        "dtype": getattr(encoder, "dtype", None) or cfg.dtype,
         "normalize": cfg.normalize,
     }
     if cfg.tp_for(kind):
