@@ -287,3 +287,16 @@ def test_startup_suite_times_fresh_processes_and_checks_exit_codes(monkeypatch):
     monkeypatch.setattr(load, "STARTUP_EXIT_CODE", {})
     with pytest.raises(RuntimeError, match="fails_as_expected failed"):
         load.bench_startup(reps=1)
+
+
+def test_prefix_cache_record(tiny):
+    loaded, base = tiny
+    rec = suites.bench_prefix_cache(loaded, base.model_copy(update={"max_length": 256}),
+                                    SENTENCES, prompts=("prompteol", "knowledge"), reps=2)
+    for prompt, res in rec["per_prompt"].items():
+        assert res["prefix_cache_used"] and res["vectors"]["max_abs_diff"] < 1e-5, prompt
+        assert 0 < sum(res["prefix_tokens"]) < sum(res["template_tokens"])
+        _check_summary(res["summary"], ["whole_rows", "prefix_cache"], "whole_rows")
+    knowledge, eol = rec["per_prompt"]["knowledge"], rec["per_prompt"]["prompteol"]
+    assert sum(knowledge["prefix_tokens"]) > sum(eol["prefix_tokens"])
+    json.dumps(rec)

@@ -163,9 +163,16 @@ def test_early_exit_skips_later_layers_and_head(output_layer):
     handles.append(model.model.norm.register_forward_hook(lambda *a: norm_calls.append(1)))
     handles.append(model.lm_head.register_forward_hook(lambda *a: norm_calls.append("head")))
     encoder.encode(TEXTS, batch_size=2)
+    # the template prefix once (its cache, only as deep as the output layer), then two
+    # batches: layers 0..k-1 each time
+    assert calls == list(range(output_layer)) * 3
+    calls.clear()
+    encoder.encode(TEXTS, batch_size=2)  # the prefix is cached now
+    encoder.prefix_cache = False
+    encoder.encode(TEXTS, batch_size=2)
     for handle in handles:
         handle.remove()
-    assert calls == list(range(output_layer)) * 2  # two batches, layers 0..k-1 each
+    assert calls == list(range(output_layer)) * 4
     assert norm_calls == []  # neither the final norm nor the LM head ran
 
 

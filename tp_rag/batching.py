@@ -29,9 +29,14 @@ def build_rows(
     templates: Sequence[RenderedTemplate],
     max_length: int,
     pst_id: int,
+    drop_prefix: bool = False,
 ) -> list[Row]:
     """One row per (text, template); the text is cut so the whole row fits ``max_length`` and
-    the template, above all its suffix whose last token is the embedding, is kept whole."""
+    the template, above all its suffix whose last token is the embedding, is kept whole.
+
+    ``drop_prefix``: rows leave out their template's ``shared_prefix`` (its states come from a
+    prefix cache, :meth:`tp_rag.runner.Runner.prefix_states`); the PST index counts from the
+    end of that prefix."""
     rows = []
     for t_index, template in enumerate(templates):
         budget = max_length - template.template_length
@@ -42,6 +47,9 @@ def build_rows(
             )
         for x_index, ids in enumerate(text_ids):
             row_ids, pst = template.row(ids[:budget], pst_id)
+            if drop_prefix:
+                cut = len(template.shared_prefix)
+                row_ids, pst = row_ids[cut:], (pst - cut if pst >= 0 else -1)
             rows.append(Row(row_ids, pst, x_index, t_index))
     return rows
 

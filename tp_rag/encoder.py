@@ -43,6 +43,10 @@ class Encoder:
         self.padding_side: Literal["left", "right"] = "left"
         # Batches by padded tokens (None: batch_size rows); a runtime choice, same vectors.
         self.batch_tokens: Optional[int] = DEFAULT_BATCH_TOKENS
+        # The template's text-independent prefix is computed once and its key/value states
+        # reused by every row; same vectors to float rounding (tests), far less work for long
+        # templates (MetaEOL, Knowledge). False: every row computes its whole prompt.
+        self.prefix_cache: bool = True
         self._runner = Runner(self._loaded.decoder, self._loaded.layers, self._pst_vector())
         self._templates: dict[Kind, list[RenderedTemplate]] = {}
         self._lock = threading.Lock()
@@ -192,7 +196,9 @@ class Encoder:
         if self.config.preprocess:
             texts = [preprocess_sentence(t) for t in texts]
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        rows = build_rows(text_ids, templates, self.config.max_length, self.pad_id)
+        shared = self.prefix_cache and self._prefix_cache_exact()
+        rows = build_rows(text_ids, templates, self.config.max_length, self.pad_id,
+                          drop_prefix=shared)
         size = batch_size or self.config.batch_size
         n_batches = -(-len(rows) // size)
         show = n_batches > AUTO_PROGRESS_BATCHES if show_progress is None else show_progress
@@ -202,18 +208,32 @@ class Encoder:
         shape = (self.num_layers, len(texts), self.dim) if all_layers else (len(texts), self.dim)
         total = torch.zeros(shape, dtype=torch.float64)
         with self._lock, tqdm(total=len(rows), disable=not show, desc="Encoding", unit="text") as bar:
-            for chosen, batch in iter_batches(rows, size, self.pad_id, side=self.padding_side,
-                                             token_budget=self.batch_tokens):
-                if all_layers:
-                    states = self._runner.all_layers(batch, tp_range)
-                else:
-                    states = self._runner.last_token(batch, self.output_layer, tp_range)
-                states = states.double().cpu()
-                for j, r in enumerate(chosen):
-                    # MetaEOL: the templates' vectors are averaged per text.
-                    total[..., rows[r].text, :] += states[..., j, :]
-                bar.update(len(chosen))
+            # With a prefix cache a batch holds one template's rows (one prefix per batch).
+            groups = ([[i for i, row in enumerate(rows) if row.template == t]
+                       for t in range(len(templates))] if shared else [list(range(len(rows)))])
+            for group in groups:
+                prefix = templates[rows[group[0]].template].shared_prefix if shared else ()
+                for chosen, batch in iter_batches([rows[i] for i in group], size, self.pad_id,
+                                                 side=self.padding_side,
+                                                 token_budget=self.batch_tokens):
+                    if all_layers:
+                        states = self._runner.all_layers(batch, tp_range, prefix)
+                    else:
+                        states = self._runner.last_token(batch, self.output_layer, tp_range, prefix)
+                    states = states.double().cpu()
+                    for j, c in enumerate(chosen):
+                        # MetaEOL: the templates' vectors are averaged per text.
+                        total[..., rows[group[c]].text, :] += states[..., j, :]
+                    bar.update(len(chosen))
         return (total / len(templates)).float()
+
+    def _prefix_cache_exact(self) -> bool:
+        """A sliding window shorter than a prompt counts the padding that a prefix cache puts
+        between the prefix and each row (the window is by position in the sequence), so the
+        cache is used only where no window can cut a prompt."""
+        model_config = getattr(self._loaded.decoder, "config", None)
+        window = getattr(model_config, "sliding_window", None)
+        return window is None or window >= self.config.max_length
 
     def text_budget(self, kind: Kind = "document") -> int:
         """Text tokens a ``kind`` prompt holds before the text is cut: ``max_length`` minus the

@@ -144,6 +144,13 @@ class RenderedTemplate:
     def template_length(self) -> int:
         return len(self.head) + len(self.tail) + len(self.suffix) + int(self.token_prepending)
 
+    @property
+    def shared_prefix(self) -> tuple[int, ...]:
+        """The ids every row of this template starts with and whose states do not depend on
+        the row (causal attention): everything before the placeholder with TP (the placeholder
+        itself is overwritten per row), everything before the text without."""
+        return self.head if self.token_prepending else self.head + self.tail
+
     def row(self, text_ids: Sequence[int], pst_id: int) -> tuple[list[int], int]:
         """Assemble one row of ids; returns (ids, PST index or -1)."""
         if self.token_prepending:

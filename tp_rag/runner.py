@@ -8,9 +8,13 @@ never run.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -119,6 +123,7 @@ class Runner:
         self.layers = layers
         self.embed = decoder.get_input_embeddings()
         self.pst_vector = pst_vector
+        self._prefixes: "OrderedDict[tuple[int, ...], object]" = OrderedDict()
 
     @property
     def num_layers(self) -> int:
@@ -136,13 +141,66 @@ class Runner:
             embeds[rows, batch.pst_index[rows]] = self.pst_vector.to(embeds.dtype)
         return embeds
 
-    def _forward(self, batch: ModelBatch):
+    def _forward(self, batch: ModelBatch, prefix: Sequence[int] = (), depth: int = 0):
+        """The decoder on ``batch``; with ``prefix``, the rows continue those ids, whose
+        key/value states (for the first ``depth`` layers) come from :meth:`prefix_states`."""
+        if not prefix:
+            return self.decoder(
+                inputs_embeds=self._inputs_embeds(batch),
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+        rows, width = len(prefix), batch.input_ids.shape[0]
+        seen = torch.ones((width, rows), dtype=batch.attention_mask.dtype, device=self.device)
         return self.decoder(
             inputs_embeds=self._inputs_embeds(batch),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
+            attention_mask=torch.cat([seen, batch.attention_mask], dim=1),
+            position_ids=batch.position_ids + rows,
+            **{self._cache_argument: self.prefix_states(prefix, depth, width)},
+            use_cache=True,  # the copy of the prefix cache grows; it is dropped afterwards
         )
+
+    @functools.cached_property
+    def _cache_argument(self) -> str:
+        """``cache`` in transformers >= 5.24 (``past_key_values`` is deprecated there and still
+        the name in older versions and some models)."""
+        names = inspect.signature(self.decoder.forward).parameters
+        return "cache" if "cache" in names else "past_key_values"
+
+    # (prefix, depth) entries kept: MetaEOL has 8 templates, each with and without TP.
+    MAX_PREFIXES = 32
+
+    def prefix_states(self, prefix: Sequence[int], depth: int, batch_size: int):
+        """A fresh copy, repeated ``batch_size`` times, of the key/value cache of ``prefix``
+        through its first ``depth`` layers (computed once: under causal attention the prefix's
+        states never depend on what follows, and TP only overwrites the placeholder, which
+        comes after it; layers past ``depth`` are not run, as in early exit)."""
+        from transformers import DynamicCache
+
+        key = (tuple(int(i) for i in prefix), depth)
+        cache = self._prefixes.get(key)
+        if cache is None:
+            ids = torch.tensor([key[0]], dtype=torch.long, device=self.device)
+            cache = DynamicCache(config=self.decoder.config)
+            inputs = dict(inputs_embeds=self.embed(ids), attention_mask=torch.ones_like(ids),
+                          position_ids=torch.arange(ids.shape[1], device=self.device)[None],
+                          use_cache=True, **{self._cache_argument: cache})
+            if depth < self.num_layers:
+                try:
+                    with stop_after(self.layers[depth - 1]):
+                        self.decoder(**inputs)
+                except _EarlyExit:
+                    pass  # the cache holds layers 1..depth
+            else:
+                self.decoder(**inputs)
+            self._prefixes[key] = cache
+            while len(self._prefixes) > self.MAX_PREFIXES:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(key)
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(batch_size)
+        return copied
 
     def _tp(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]]):
         if tp_range is None:
@@ -151,28 +209,37 @@ class Runner:
 
     @torch.inference_mode()
     def last_token(
-        self, batch: ModelBatch, output_layer: int, tp_range: Optional[tuple[int, int]]
+        self, batch: ModelBatch, output_layer: int, tp_range: Optional[tuple[int, int]],
+        prefix: Sequence[int] = (),
     ) -> torch.Tensor:
         """(B, H) last-token state after ``output_layer`` layers (1..L). Only the last layer's
-        state passes the final norm, as in Hugging Face's ``hidden_states``."""
+        state passes the final norm, as in Hugging Face's ``hidden_states``. ``prefix``: ids
+        that precede every row (see :meth:`_forward`)."""
         batch = _to(batch, self.device)
+        if prefix:
+            self.prefix_states(prefix, output_layer, 1)  # computed outside the TP hooks
         with self._tp(batch, tp_range):
             if output_layer == self.num_layers:
-                return _last_token(self._forward(batch).last_hidden_state, batch.last_index)
+                return _last_token(self._forward(batch, prefix, output_layer).last_hidden_state,
+                                   batch.last_index)
             try:
                 with stop_after(self.layers[output_layer - 1]):
-                    self._forward(batch)
+                    self._forward(batch, prefix, output_layer)
             except _EarlyExit as stop:
                 return _last_token(stop.hidden, batch.last_index)
         raise RuntimeError("the decoder never ran its output layer")  # pragma: no cover
 
     @torch.inference_mode()
-    def all_layers(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]]) -> torch.Tensor:
+    def all_layers(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]],
+                   prefix: Sequence[int] = ()) -> torch.Tensor:
         """(L, B, H) last-token states after every layer 1..L (layer L normed)."""
         batch = _to(batch, self.device)
+        if prefix:
+            self.prefix_states(prefix, self.num_layers, 1)  # computed outside the hooks
         store: list[torch.Tensor] = []
         with self._tp(batch, tp_range), record_last_token(self.layers, batch.last_index, store):
-            final = _last_token(self._forward(batch).last_hidden_state, batch.last_index)
+            final = _last_token(self._forward(batch, prefix, self.num_layers).last_hidden_state,
+                                batch.last_index)
         store[-1] = final
         return torch.stack(store)
 

@@ -5,7 +5,8 @@ Suites: ``tp`` (TP overhead), ``early-exit``, ``batching`` (length-sorted vs uns
 ``construct`` (Encoder() and the PST mean vector), ``tokenizer`` (tokenizer load paths), ``load`` (first vs
 cached load, peak RSS; subprocesses), ``token-budget`` (batches by a token budget vs a fixed row
 count, on SciFact documents + queries), ``baseline`` (tp-rag vs the reference code's full causal-LM
-forward), ``startup`` (cached ``Encoder.from_preset`` and ``tp-rag embed hello``, fresh processes), ``all`` (all of them in that order), ``report`` (rewrite
+forward), ``prefix-cache`` (each template's prefix computed once vs whole rows, per prompt
+family), ``startup`` (cached ``Encoder.from_preset`` and ``tp-rag embed hello``, fresh processes), ``all`` (all of them in that order), ``report`` (rewrite
 ``eval/bench/results/summary.md`` from the JSON files). Each suite writes
 ``eval/bench/results/<suite>.json`` (``--out`` to change the folder).
 """
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SUITES = ("tp", "early-exit", "batching", "dtype", "flops", "threads", "construct", "tokenizer", "load",
-          "token-budget", "baseline", "startup")
+          "token-budget", "baseline", "prefix-cache", "startup")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ DEFAULTS = {
     "load": ((1, 1), 0, 4),
     "token-budget": ((4, 4), 0, 0),
     "baseline": ((8, 6), 16, 4),
+    "prefix-cache": ((4, 4), 16, 0),
     "startup": ((3, 3), 0, 0),
 }
 
@@ -183,6 +185,9 @@ def run_suite(name: str, args) -> Path:
                 results[f"{set_name}_{dtype}"] = bench_baseline(
                     causal, loaded, cfg, texts, reps_for(set_name), args.matmul_n)
             del causal, loaded
+    elif name == "prefix-cache":
+        results["sentences"] = suites.bench_prefix_cache(load(args.dtype), base, sets["sentences"],
+                                                         reps=reps_s)
     elif name == "startup":
         from tp_rag_eval.bench.load import bench_startup
 

@@ -96,6 +96,7 @@ def bench_baseline(
     matmul in the model's dtype (the machine's peak under the same load). Ratios are
     reference / tp-rag time: how many times faster tp-rag is."""
     encoder = Encoder(base, loaded=loaded)
+    encoder.prefix_cache = False  # whole rows on both sides, as the reference path computes
     dtype = encoder.dtype
     mm = matmul_callable(matmul_n, getattr(torch, dtype), matmul_inner)
     variants = {

@@ -83,6 +83,7 @@ def bench_token_budget(
     from tp_rag.encoder import Encoder
 
     encoder = Encoder(base, loaded=loaded)
+    encoder.prefix_cache = False  # batches of whole rows: what the token budget counts
     names = {None: f"rows={base.batch_size}", **{b: f"tokens={b}" for b in budgets}}
 
     def run_with(budget):

@@ -272,6 +272,23 @@ def _token_budget(rec: dict) -> list[str]:
     return lines + [""]
 
 
+def _prefix_cache(rec: dict) -> list[str]:
+    res = rec["results"]["sentences"]
+    lines = ["## Template prefix cache vs whole rows", *_header(rec),
+             f"{res['n_texts']} STS-B sentences per call; the prefix is what every row of a template "
+             "shares before the text (before the placeholder with TP).", "",
+             "| prompt | templates | prefix / template tokens | time / whole rows, CPU | wall | max abs diff |",
+             "|---|---|---|---|---|---|"]
+    for prompt, r in res["per_prompt"].items():
+        raw = r["timing_raw"]
+        tokens = f"{sum(r['prefix_tokens'])} / {sum(r['template_tokens'])}"
+        lines.append(f"| {prompt} | {r['templates']} | {tokens} | "
+                     f"{_ratio(raw, 'cpu_s', 'prefix_cache', 'whole_rows')} | "
+                     f"{_ratio(raw, 'wall_s', 'prefix_cache', 'whole_rows')} | "
+                     f"{r['vectors']['max_abs_diff']:.1e} |")
+    return lines + [""]
+
+
 def _startup(rec: dict) -> list[str]:
     res = rec["results"]["bundled"]
     lines = ["## Start-up (fresh processes, cached model)", *_header(rec),
@@ -294,6 +311,7 @@ SECTIONS = {
     "load": _load_suite,
     "baseline": _baseline,
     "token-budget": _token_budget,
+    "prefix-cache": _prefix_cache,
     "startup": _startup,
 }
 

@@ -27,7 +27,11 @@ from tp_rag_eval.bench.flops import flop_model, job_flops, matmul_callable
 # -- helpers --------------------------------------------------------------------------------------
 def make_encoder(loaded: LoadedModel, base: EncoderConfig, **overrides) -> Encoder:
     """An encoder over an already loaded model (no reload), with settings changed."""
-    return Encoder(EncoderConfig(**{**base.model_dump(), **overrides}), loaded=loaded)
+    encoder = Encoder(EncoderConfig(**{**base.model_dump(), **overrides}), loaded=loaded)
+    # These suites time and count whole rows (FLOP model, padding, layer calls); the template
+    # prefix cache, which computes each template's prefix once, is measured on its own.
+    encoder.prefix_cache = False
+    return encoder
 
 
 def batch_lengths(
@@ -476,3 +480,30 @@ def bench_construct(loaded: LoadedModel, base: EncoderConfig, reps: int = 3) -> 
         },
         6,
     )
+
+
+# -- Template prefix cache ------------------------------------------------------------------------
+def bench_prefix_cache(loaded: LoadedModel, base: EncoderConfig, texts: Sequence[str],
+                       prompts: Sequence[str] = ("prompteol", "knowledge", "metaeol"),
+                       reps: int = 3) -> dict:
+    """Per prompt family: the encoder as shipped (each template's text-independent prefix run
+    once, its key/value states reused by every row) against whole rows, same texts."""
+    results = {}
+    for prompt in prompts:
+        plain = make_encoder(loaded, base, prompt=prompt)
+        cached = make_encoder(loaded, base, prompt=prompt)
+        cached.prefix_cache = True
+        variants = {"whole_rows": _encode_fn(plain, texts), "prefix_cache": _encode_fn(cached, texts)}
+        vectors = {name: run() for name, run in variants.items()}  # warm-up, and the check
+        timing = interleaved(variants, reps, warmup=0)
+        templates = cached._rendered("text")
+        results[prompt] = {
+            "templates": len(templates),
+            "prefix_tokens": [len(t.shared_prefix) for t in templates],
+            "template_tokens": [t.template_length for t in templates],
+            "prefix_cache_used": cached._prefix_cache_exact(),
+            "summary": summarise(timing, "whole_rows"),
+            "vectors": _vector_diff(vectors["whole_rows"], vectors["prefix_cache"]),
+            "timing_raw": timing,
+        }
+    return rounded({"n_texts": len(texts), "per_prompt": results}, 6)
