@@ -32,7 +32,7 @@ def test_same_results_as_the_index(tiny_encoder, index_type):
     assert li_index._embed_model.encoder is tiny_encoder
     retriever = li_index.as_retriever(similarity_top_k=4)
     for query in ["Cats on the sofa", "stock prices"]:
-        expected = index.search(query, k=4)
+        expected = index.search(query, k=4, mode="dense")  # the exported store is dense
         got = retriever.retrieve(query)
         assert [r.node.node_id for r in got] == [h.id for h in expected]
         np.testing.assert_allclose([r.score for r in got], [h.score for h in expected], atol=1e-5)

@@ -28,7 +28,7 @@ def test_same_results_as_the_index(tiny_encoder, index_type):
     store = to_langchain_faiss(index)
     assert store.embeddings.encoder is tiny_encoder
     for query in ["Cats on the sofa", "stock prices"]:
-        expected = index.search(query, k=4)
+        expected = index.search(query, k=4, mode="dense")  # the exported store is dense
         got = store.similarity_search_with_score(query, k=4)
         assert [d.id for d, _ in got] == [h.id for h in expected]
         np.testing.assert_allclose([s for _, s in got], [h.score for h in expected], atol=1e-5)
