@@ -96,7 +96,7 @@ def test_cache_key_tracks_vector_settings_only():
     assert cache_key(tiny_encoder(tp_exit=3, output_layer=4, batch_size=8), "document") == key  # -1 == 4 of 4
     for change in (dict(tp_exit=2), dict(output_layer=2), dict(token_prepending=False),
                    dict(prompt="pretended_cot"), dict(max_length=64), dict(preprocess=True),
-                   dict(pst_init="zeros")):
+                   dict(pst_init="zeros"), dict(pooling="mean")):
         settings = {**dict(tp_exit=3, output_layer=-1, batch_size=8), **change}
         assert cache_key(tiny_encoder(**settings), "document") != key, change
     # A different tokenizer (same model name) gets its own store.
@@ -182,15 +182,21 @@ def test_layers_from_another_prompts_sweep(tmp_path):
 
 
 def test_default_preset_is_the_committed_dev_sweeps_choice():
+    """gemma-3-270m is the best TP row over every family's committed whole-dev sweep."""
     from tp_rag.presets import PRESETS
     from tp_rag_eval.common import RESULTS_DIR
 
-    sweep = json.loads((RESULTS_DIR / "sweep_stsb_dev_prompteol.json").read_text())
+    sweeps = [json.loads(path.read_text()) for path in sorted(RESULTS_DIR.glob("sweep_stsb_dev_*.json"))]
+    whole = [s for s in sweeps if s["settings"].get("limit") is None and s["settings"].get("sample") is None]
+    assert {s["settings"]["prompt"] for s in whole} >= {"prompteol", "pretended_cot"}
+    assert all(s["settings"]["dtype"] == "float32" for s in whole)
+    sweep = max(whole, key=lambda s: s["results"]["best"]["tp"]["spearman"])
     best, preset = sweep["results"]["best"]["tp"], PRESETS["gemma-3-270m"]
-    assert sweep["settings"].get("limit") is None and sweep["settings"].get("sample") is None  # whole dev split
-    assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == ("prompteol", best["tp_start"], best["tp_exit"])
+    assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == (
+        sweep["settings"]["prompt"], best["tp_start"], best["tp_exit"])
     depth = len(sweep["results"]["grid"]["vanilla"]["spearman_by_layer"])
     assert preset["output_layer"] % (depth + 1) == best["output_layer"]  # -1 is the last layer
+    assert preset.get("preprocess", False) == sweep["settings"]["preprocess"]
 
 
 def test_retrieval_preset_is_the_committed_train_choice():
