@@ -150,13 +150,13 @@ def test_batching_record_and_unsorted_order(tiny):
     import tp_rag.encoder as encoder_module
 
     seen = []
-    original = encoder_module.Runner.last_token
+    original = encoder_module.Runner.embedding_states
 
     def spy(self, batch, *a, **k):
         seen.append(int(batch.attention_mask.sum(1).max()))
         return original(self, batch, *a, **k)
 
-    encoder_module.Runner.last_token = spy
+    encoder_module.Runner.embedding_states = spy
     try:
         with suites.unsorted_batches():
             enc.encode(PASSAGES)
@@ -165,7 +165,7 @@ def test_batching_record_and_unsorted_order(tiny):
         enc.encode(PASSAGES)
         assert seen == [max(b) for b in sorted_lengths]
     finally:
-        encoder_module.Runner.last_token = original
+        encoder_module.Runner.embedding_states = original
 
     rec = suites.bench_batching(loaded, base, PASSAGES, reps=1)
     pads = rec["padding"]

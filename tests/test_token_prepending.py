@@ -141,8 +141,8 @@ def test_left_and_right_padding_give_the_same_vectors(arch):
     templates = encoder._rendered("text")
     rows = build_rows(tokenizer(TEXTS, add_special_tokens=False)["input_ids"], templates, 512, encoder.pad_id)
     runner, layer = encoder._runner, encoder.output_layer
-    left = runner.last_token(pad(rows, encoder.pad_id, "left"), layer, (1, 3))
-    right = runner.last_token(pad(rows, encoder.pad_id, "right"), layer, (1, 3))
+    left = runner.embedding_states(pad(rows, encoder.pad_id, "left"), layer, (1, 3))
+    right = runner.embedding_states(pad(rows, encoder.pad_id, "right"), layer, (1, 3))
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
     alone = torch.from_numpy(encoder.encode(TEXTS))
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)

@@ -22,6 +22,7 @@ class Row:
     pst_index: int  # within ids; -1 without TP
     text: int  # which input text
     template: int  # which template (MetaEOL averages over them)
+    text_span: tuple[int, int] = (0, 0)  # the text's tokens: ids[start:stop] (mean pooling)
 
 
 def build_rows(
@@ -46,11 +47,12 @@ def build_rows(
                 f"takes {template.template_length} tokens"
             )
         for x_index, ids in enumerate(text_ids):
-            row_ids, pst = template.row(ids[:budget], pst_id)
+            text = ids[:budget]
+            row_ids, pst, start = template.row(text, pst_id)
             if drop_prefix:
                 cut = len(template.shared_prefix)
-                row_ids, pst = row_ids[cut:], (pst - cut if pst >= 0 else -1)
-            rows.append(Row(row_ids, pst, x_index, t_index))
+                row_ids, pst, start = row_ids[cut:], (pst - cut if pst >= 0 else -1), start - cut
+            rows.append(Row(row_ids, pst, x_index, t_index, (start, start + len(text))))
     return rows
 
 
@@ -61,6 +63,7 @@ def iter_batches(
     sort: bool = True,
     side: str = "left",
     token_budget: Optional[int] = None,
+    pooling: str = "last",
 ) -> Iterator[tuple[list[int], ModelBatch]]:
     """Yield (row indices, batch). Sorted by length, longest first, so rows of similar length
     share a batch (little padding) and memory peaks at the start.
@@ -76,7 +79,7 @@ def iter_batches(
               [range(s, min(s + batch_size, len(order))) for s in range(0, len(order), batch_size)])
     for group in groups:
         chosen = [order[j] for j in group]
-        yield chosen, pad([rows[i] for i in chosen], pad_id, side)
+        yield chosen, pad([rows[i] for i in chosen], pad_id, side, pooling)
 
 
 def token_budget_groups(lengths: Sequence[int], budget: int) -> list[range]:
@@ -95,17 +98,21 @@ def token_budget_groups(lengths: Sequence[int], budget: int) -> list[range]:
     return groups
 
 
-def pad(rows: Sequence[Row], pad_id: int, side: str = "left") -> ModelBatch:
+def pad(rows: Sequence[Row], pad_id: int, side: str = "left", pooling: str = "last") -> ModelBatch:
     """Pad rows to one width. Left padding (the default) puts every row's last token in the last
     column, as Hugging Face generation does; right padding gives the same vectors (causal
-    attention never looks right) but each row's last token sits at a different column."""
+    attention never looks right) but each row's last token sits at a different column.
+    ``pooling="mean"`` adds per-row weights 1/n on the text's n tokens."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
     width = max(len(row.ids) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     pst = torch.full((len(rows),), -1, dtype=torch.long)
     last = torch.zeros((len(rows),), dtype=torch.long)
+    weights = torch.zeros((len(rows), width), dtype=torch.float32) if pooling == "mean" else None
     for r, row in enumerate(rows):
         offset = width - len(row.ids) if side == "left" else 0
         input_ids[r, offset : offset + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
@@ -113,4 +120,9 @@ def pad(rows: Sequence[Row], pad_id: int, side: str = "left") -> ModelBatch:
         last[r] = offset + len(row.ids) - 1
         if row.pst_index >= 0:
             pst[r] = offset + row.pst_index
-    return ModelBatch(input_ids, mask, pst, last)
+        if weights is not None:
+            start, stop = row.text_span
+            if stop <= start:
+                raise ValueError("mean pooling needs at least one text token per row")
+            weights[r, offset + start : offset + stop] = 1.0 / (stop - start)
+    return ModelBatch(input_ids, mask, pst, last, weights)

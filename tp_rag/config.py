@@ -49,6 +49,11 @@ class EncoderConfig(BaseModel):
         "embedding of the vocabulary, zeros, the pad token's embedding, or a seeded "
         "standard-normal vector (the reference code's choice).",
     )
+    pooling: Literal["last", "mean"] = Field(
+        "last",
+        description="The embedding: the prompt's last token's hidden state (PromptEOL-style), or "
+        "the mean of the hidden states of the text's own tokens (the template's are left out).",
+    )
     preprocess: bool = Field(
         False, description="Paper's sentence normalisation (final full stop, quotes -> ')."
     )

@@ -215,11 +215,12 @@ class Encoder:
                 prefix = templates[rows[group[0]].template].shared_prefix if shared else ()
                 for chosen, batch in iter_batches([rows[i] for i in group], size, self.pad_id,
                                                  side=self.padding_side,
-                                                 token_budget=self.batch_tokens):
+                                                 token_budget=self.batch_tokens,
+                                                 pooling=cfg.pooling):
                     if all_layers:
                         states = self._runner.all_layers(batch, tp_range, prefix)
                     else:
-                        states = self._runner.last_token(batch, self.output_layer, tp_range, prefix)
+                        states = self._runner.embedding_states(batch, self.output_layer, tp_range, prefix)
                     states = states.double().cpu()
                     for j, c in enumerate(chosen):
                         # MetaEOL: the templates' vectors are averaged per text.

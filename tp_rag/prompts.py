@@ -151,12 +151,13 @@ class RenderedTemplate:
         itself is overwritten per row), everything before the text without."""
         return self.head if self.token_prepending else self.head + self.tail
 
-    def row(self, text_ids: Sequence[int], pst_id: int) -> tuple[list[int], int]:
-        """Assemble one row of ids; returns (ids, PST index or -1)."""
+    def row(self, text_ids: Sequence[int], pst_id: int) -> tuple[list[int], int, int]:
+        """Assemble one row of ids; returns (ids, PST index or -1, index of the text's first
+        token)."""
         if self.token_prepending:
             ids = [*self.head, pst_id, *self.tail, *text_ids, *self.suffix]
-            return ids, len(self.head)
-        return [*self.head, *self.tail, *text_ids, *self.suffix], -1
+            return ids, len(self.head), len(self.head) + 1 + len(self.tail)
+        return [*self.head, *self.tail, *text_ids, *self.suffix], -1, len(self.head) + len(self.tail)
 
 
 def leading_special_ids(tokenizer, text: str) -> list[int]:

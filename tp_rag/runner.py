@@ -28,6 +28,9 @@ class ModelBatch:
     attention_mask: torch.Tensor  # (B, T)
     pst_index: torch.Tensor  # (B,) position of the placeholder, -1 without TP
     last_index: torch.Tensor  # (B,) position of the last real token (T-1 with left padding)
+    # (B, T) weights summing to 1 per row over the text's tokens: the embedding is that weighted
+    # mean of the hidden states instead of the last token's state. None: the last token.
+    pool_weights: Optional[torch.Tensor] = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -95,12 +98,20 @@ def _last_token(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
 
 
+def pooled(hidden: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
+    """(B, H) embedding states from (B, T, H): the last token's, or the weighted mean over the
+    text's tokens (accumulated in float32, whatever the model's dtype)."""
+    if batch.pool_weights is None:
+        return _last_token(hidden, batch.last_index)
+    return torch.einsum("bth,bt->bh", hidden.float(), batch.pool_weights.float())
+
+
 @contextmanager
-def record_last_token(layers: nn.ModuleList, last_index: torch.Tensor, store: list) -> Iterator[None]:
-    """Append each layer's last-token output (B, H) to ``store``, in layer order."""
+def record_pooled(layers: nn.ModuleList, batch: ModelBatch, store: list) -> Iterator[None]:
+    """Append each layer's pooled output (B, H) to ``store``, in layer order."""
 
     def hook(module, args, output):
-        store.append(_last_token(_hidden_of(output), last_index))
+        store.append(pooled(_hidden_of(output), batch))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -111,7 +122,8 @@ def record_last_token(layers: nn.ModuleList, last_index: torch.Tensor, store: li
 
 
 class Runner:
-    """Owns the decoder; turns a :class:`ModelBatch` into last-token hidden states."""
+    """Owns the decoder; turns a :class:`ModelBatch` into embedding states (the last token's,
+    or the text's mean: :func:`pooled`)."""
 
     def __init__(
         self,
@@ -208,11 +220,11 @@ class Runner:
         return token_prepending(self.layers, batch, *tp_range)
 
     @torch.inference_mode()
-    def last_token(
+    def embedding_states(
         self, batch: ModelBatch, output_layer: int, tp_range: Optional[tuple[int, int]],
         prefix: Sequence[int] = (),
     ) -> torch.Tensor:
-        """(B, H) last-token state after ``output_layer`` layers (1..L). Only the last layer's
+        """(B, H) pooled state (the last token's by default) after ``output_layer`` layers (1..L). Only the last layer's
         state passes the final norm, as in Hugging Face's ``hidden_states``. ``prefix``: ids
         that precede every row (see :meth:`_forward`)."""
         batch = _to(batch, self.device)
@@ -220,26 +232,24 @@ class Runner:
             self.prefix_states(prefix, output_layer, 1)  # computed outside the TP hooks
         with self._tp(batch, tp_range):
             if output_layer == self.num_layers:
-                return _last_token(self._forward(batch, prefix, output_layer).last_hidden_state,
-                                   batch.last_index)
+                return pooled(self._forward(batch, prefix, output_layer).last_hidden_state, batch)
             try:
                 with stop_after(self.layers[output_layer - 1]):
                     self._forward(batch, prefix, output_layer)
             except _EarlyExit as stop:
-                return _last_token(stop.hidden, batch.last_index)
+                return pooled(stop.hidden, batch)
         raise RuntimeError("the decoder never ran its output layer")  # pragma: no cover
 
     @torch.inference_mode()
     def all_layers(self, batch: ModelBatch, tp_range: Optional[tuple[int, int]],
                    prefix: Sequence[int] = ()) -> torch.Tensor:
-        """(L, B, H) last-token states after every layer 1..L (layer L normed)."""
+        """(L, B, H) pooled states after every layer 1..L (layer L normed)."""
         batch = _to(batch, self.device)
         if prefix:
             self.prefix_states(prefix, self.num_layers, 1)  # computed outside the hooks
         store: list[torch.Tensor] = []
-        with self._tp(batch, tp_range), record_last_token(self.layers, batch.last_index, store):
-            final = _last_token(self._forward(batch, prefix, self.num_layers).last_hidden_state,
-                                batch.last_index)
+        with self._tp(batch, tp_range), record_pooled(self.layers, batch, store):
+            final = pooled(self._forward(batch, prefix, self.num_layers).last_hidden_state, batch)
         store[-1] = final
         return torch.stack(store)
 
@@ -255,4 +265,5 @@ def _to(batch: ModelBatch, device: torch.device) -> ModelBatch:
         batch.attention_mask.to(device),
         batch.pst_index.to(device),
         batch.last_index.to(device),
+        None if batch.pool_weights is None else batch.pool_weights.to(device),
     )

@@ -68,6 +68,8 @@ def vector_settings(encoder, kind: str = "text") -> dict[str, Any]:
     }
     if cfg.tp_for(kind):
         settings.update(tp_start=cfg.tp_start, tp_exit=cfg.tp_exit, pst_init=cfg.pst_init)
+    if getattr(cfg, "pooling", "last") != "last":  # absent for last-token: older stores stay valid
+        settings["pooling"] = cfg.pooling
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is not None:
         settings["tokenizer_probe"] = tokenizer_fingerprint(tokenizer)

@@ -50,7 +50,7 @@ class EchoEncoder:
         from tp_rag_eval.cache import tokenizer_fingerprint
 
         cfg = self.encoder.config
-        return {"method": "echo", "model": cfg.model, "dtype": cfg.dtype, "prefix": PREFIX,
+        return {"method": "echo", "model": cfg.model, "dtype": self.encoder.dtype, "prefix": PREFIX,
                 "middle": MIDDLE, "max_length": self.max_length,
                 "tokenizer_probe": tokenizer_fingerprint(self.tokenizer)}
 

@@ -16,7 +16,9 @@ def _encoders():
     from tp_rag_eval.rag_default import VANILLA, retrieval_encoder
 
     tp = retrieval_encoder()
-    return {"tp": tp, "vanilla": tp.replace(**VANILLA)}
+    vanilla = tp.replace(**VANILLA)
+    return {"tp": tp, "vanilla": vanilla, "tp-mean": tp.replace(pooling="mean"),
+            "vanilla-mean": vanilla.replace(pooling="mean")}
 
 
 # (name, encoder key, passage_tokens, overlap, split) for every dense document view.
@@ -27,7 +29,11 @@ VIEWS = {
     "tp-p128": ("tp", 128, DEFAULT_OVERLAP, True),
     "vanilla": ("vanilla", None, DEFAULT_OVERLAP, True),
 }
-ENCODE_ORDER = ["tp", "tp-whole", "pseudo", "vanilla", "echo", "tp-p128", "tp-o0", "minilm"]
+# Systems recorded at every layer (the output layer chosen on train), over the default passages:
+# name -> encoder key. Separates what echo embeddings gain by (layer, mean pooling, TP).
+LAYER_VIEWS = {"tp-layers": "tp", "tp-mean": "tp-mean", "vanilla-mean": "vanilla-mean"}
+ENCODE_ORDER = ["tp", "tp-whole", "pseudo", "vanilla", "echo", "tp-layers", "tp-mean",
+                "vanilla-mean", "tp-p128", "tp-o0", "minilm"]
 
 
 def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool = False,
@@ -46,6 +52,12 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
             views = passages(data.documents, enc, tokens, overlap, split)
             q, q_cost = encode(enc, all_queries, "query", cache, f"{key} queries")
             d, d_cost = encode(enc, [p.embedding_text for p in views], "document", cache, f"{name} passages")
+            vectors[name] = dict(views=views, queries=q, docs=d)
+        elif name in LAYER_VIEWS:
+            enc = encoders[LAYER_VIEWS[name]]
+            views = passages(data.documents, encoders["tp"], None, DEFAULT_OVERLAP, True)
+            q, _ = cached_all_layers(enc, all_queries, "query", cache / "layers")
+            d, _ = cached_all_layers(enc, [p.embedding_text for p in views], "document", cache / "layers", True)
             vectors[name] = dict(views=views, queries=q, docs=d)
         elif name == "pseudo":  # titles embedded as queries: a query-side sample from the corpus
             enc = encoders["tp"]
@@ -169,14 +181,14 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
     for name, system in vectors.items():
         if name == "pseudo":
             continue
-        key = VIEWS.get(name, ("tp",))[0] if name not in ("echo", "minilm") else name
+        key = VIEWS[name][0] if name in VIEWS else name
         layers = [None]
-        if system["docs"].ndim == 3:  # echo: every layer, the output layer chosen on train
+        if system["docs"].ndim == 3:  # every layer recorded: the output layer chosen on train
             layers = list(range(system["docs"].shape[0]))
         best = None
         for layer in layers:
-            view = system if layer is None else {**system, "docs": system["docs"][layer],
-                                                 "queries": system["queries"][layer]}
+            view = system if layer is None else {**system, "docs": _unit(system["docs"][layer]),
+                                                 "queries": _unit(system["queries"][layer])}
             if key == "tp":
                 pseudo = vectors.get("pseudo")
             elif key == "vanilla":
@@ -211,6 +223,11 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
     return rows
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as the encoder returns them (recorded layers are raw)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 TIMED_DOCS = 8
 
 
@@ -223,9 +240,10 @@ def encode_ms(data, encoders: dict, names: Sequence[str]) -> dict:
     out = {}
     for name in names:
         started = time.perf_counter()
-        if name in VIEWS:
-            key, tokens, overlap, split = VIEWS[name]
+        if name in VIEWS or name in LAYER_VIEWS:
+            key, tokens, overlap, split = VIEWS.get(name) or (LAYER_VIEWS[name], None, DEFAULT_OVERLAP, True)
             views = passages(docs, encoders[key], tokens, overlap, split)
+            # layer systems: timed at the preset's output layer, not the one chosen on train
             encoders[key].encode_documents([p.embedding_text for p in views], show_progress=False)
         elif name == "echo":
             from tp_rag_eval.echo import EchoEncoder
@@ -278,6 +296,9 @@ LABELS = {
     "echo": "Echo embeddings (same model, text twice, mean of 2nd copy), token passages",
     "tp-whole": "TP retrieval preset, whole documents cut to 256 tokens (the old default)",
     "tp-o0": "TP retrieval preset, token passages without overlap",
+    "tp-layers": "TP retrieval preset, token passages, output layer chosen on train",
+    "tp-mean": "TP retrieval preset with mean pooling over the text, layer chosen on train",
+    "vanilla-mean": "PromptEOL vanilla with mean pooling over the text, layer chosen on train",
     "tp": "**TP retrieval preset, token passages (the new default)**",
     "hybrid": "**hybrid: BM25 + the default dense side**",
 }
@@ -286,7 +307,8 @@ LABELS = {
 def markdown(results: dict, description: dict) -> str:
     lines = ["| system | setting (chosen on train) | train nDCG@10 | test nDCG@10 | test Recall@10 "
              "| vectors | index bytes | encode ms / doc |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ["bm25", "minilm", "vanilla", "echo", "tp-whole", "tp-o0", "tp", "hybrid"]:
+    for name in ["bm25", "minilm", "vanilla", "vanilla-mean", "echo", "tp-whole", "tp-o0", "tp-layers",
+                 "tp-mean", "tp", "hybrid"]:
         row = results.get(name)
         if row is None:
             continue
