@@ -1,0 +1,54 @@
+"""Smoke test of the issue-11 harness (tp_rag_eval.rag_default) on a tiny BEIR folder and a
+tiny model: every dense system is scored through a real index, layer-searched systems choose
+their output layer on train, and BM25/hybrid rows come from the default view's index."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("beir")
+
+from tp_rag.testing import tiny_encoder  # noqa: E402
+from tp_rag_eval import rag_default, rag_systems  # noqa: E402
+
+TOPICS = ["guitar music concert", "cats sleeping sofa", "paris capital france",
+          "stock market investors", "rain weather forecast", "protein folding cells"]
+
+
+def beir_folder(path):
+    path.mkdir()
+    (path / "qrels").mkdir()
+    with open(path / "corpus.jsonl", "w") as corpus:
+        for i, topic in enumerate(TOPICS):
+            for j in range(3):
+                text = f"{topic} document {j}. " + " ".join(topic.split() * (5 + 4 * j))
+                corpus.write(json.dumps({"_id": f"d{i}-{j}", "title": topic, "text": text}) + "\n")
+    with open(path / "queries.jsonl", "w") as queries:
+        for i, topic in enumerate(TOPICS):
+            queries.write(json.dumps({"_id": f"q{i}", "text": f"about {topic}?"}) + "\n")
+    for split, ids in (("train", range(0, 4)), ("test", range(4, 6))):
+        with open(path / "qrels" / f"{split}.tsv", "w") as qrels:
+            qrels.write("query-id\tcorpus-id\tscore\n")
+            for i in ids:
+                qrels.write(f"q{i}\td{i}-0\t1\n")
+    return path
+
+
+def test_systems_are_scored_and_layers_chosen_on_train(tmp_path, monkeypatch):
+    monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
+        document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
+        max_length=48, batch_size=4, **o))
+    data = rag_default.load_data(beir_folder(tmp_path / "beir"), docs=None, train_queries=None,
+                                 test_queries=None)
+    rows = rag_systems.run(data, tmp_path / "cache", ["tp", "tp-mean", "tp-layers", "vanilla"],
+                           timing=False)
+    assert {"tp", "tp-mean", "tp-layers", "vanilla", "bm25", "hybrid"} <= set(rows)
+    for name in ("tp-mean", "tp-layers"):
+        assert 1 <= rows[name]["setting"]["output_layer"] <= 4  # chosen among the tiny model's 4
+    assert rows["tp"]["setting"]["output_layer"] is None  # the preset's layer
+    for row in rows.values():
+        assert 0 <= row["test"]["ndcg10"] <= 100 and 0 <= row["train_ndcg10"] <= 100
+    assert rows["tp"]["vectors"] > len(data.documents)  # long documents were split
+    assert rag_systems.LABELS["tp-mean"] in rag_systems.markdown(rows, data.description)
