@@ -312,3 +312,16 @@ def test_build_and_add_with_split_words(model_args, tmp_path):
     result = invoke("index", "add", folder, more, "--no-checkpoint", "--split-words", "12")
     assert result.exit_code == 0, result.output
     assert {"new-1#0", "new-1#1", "new-1#2"} <= set(FaissIndex.load(folder).ids)
+
+
+def test_embed_pooling_option(model_args, model_dir, tmp_path):
+    from tp_rag import Encoder, EncoderConfig
+
+    mean = Encoder(EncoderConfig(model=str(model_dir), tp_exit=3, device="cpu", pooling="mean"))
+    out = tmp_path / "v.npy"
+    result = invoke("embed", "first text", "second text", "-o", out, "--pooling", "mean", *model_args)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(out), mean.encode(["first text", "second text"]), atol=1e-5)
+    assert np.abs(np.load(out) - mean.replace(pooling="last").encode(["first text", "second text"])).max() > 1e-3
+    bad = invoke("embed", "x", "--pooling", "max", *model_args)
+    assert bad.exit_code == 2 and "max" in bad.output

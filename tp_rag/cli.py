@@ -18,7 +18,7 @@ from tp_rag import hybrid
 from tp_rag.cli_common import (
     BatchSizeOpt, ChunkSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, IdFieldOpt,
     IndexModelOpt, IndexPresetOpt, Kind, MaxLengthOpt, ModelOpt, NoCenteringOpt, NoCheckpointOpt,
-    NoSplitOpt, OutputLayerOpt, PassageOverlapOpt, PassageTokensOpt, PresetOpt, ProgressOpt,
+    NoSplitOpt, OutputLayerOpt, PoolingOpt, PassageOverlapOpt, PassageTokensOpt, PresetOpt, ProgressOpt,
     PromptOpt, QueryPromptOpt, QuerySampleOpt, SplitWordsOpt, TextFieldOpt, TitleFieldOpt,
     TpExitOpt, TpOpt, TpStartOpt, TrustIndexModelOpt, WorkDirOpt,
     encoder_config, fail, load_index, make_encoder, quiet_loading, reports_errors,
@@ -65,7 +65,7 @@ def embed(
     progress: ProgressOpt = None,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None,
     tp_start: TpStartOpt = None, tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None,
-    prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
+    pooling: PoolingOpt = None, prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
     document_prompt: DocumentPromptOpt = None, max_length: MaxLengthOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
 ):
@@ -92,7 +92,7 @@ def embed(
             raise fail(f"text {doc.id!r} is empty; there is nothing to embed")
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
                             query_prompt, document_prompt, max_length, device, dtype, batch_size,
-                            default_preset=default_preset(kind.value))
+                            default_preset=default_preset(kind.value), pooling=pooling)
     encoder = make_encoder(config)
     chunks = _embed_chunks(encoder, items, kind.value, chunk_size, progress)
     if output is None:
@@ -190,7 +190,7 @@ def index_build(
     progress: ProgressOpt = None,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None,
     tp_start: TpStartOpt = None, tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None,
-    prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
+    pooling: PoolingOpt = None, prompt: PromptOpt = None, query_prompt: QueryPromptOpt = None,
     document_prompt: DocumentPromptOpt = None, max_length: MaxLengthOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, batch_size: BatchSizeOpt = None,
 ):
@@ -220,7 +220,7 @@ def index_build(
     sample = _read_lines(query_sample) if query_sample is not None else None
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
                             query_prompt, document_prompt, max_length, device, dtype, batch_size,
-                            default_preset=RETRIEVAL_PRESET)
+                            default_preset=RETRIEVAL_PRESET, pooling=pooling)
     index = FaissIndex.build(
         docs, make_encoder(config), index_type, nprobe=nprobe, ef_search=ef_search,
         train_size=train_size, chunk_size=chunk_size,

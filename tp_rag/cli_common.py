@@ -52,6 +52,14 @@ TpExitOpt = Annotated[Optional[int], typer.Option(
 OutputLayerOpt = Annotated[Optional[int], typer.Option(
     "--output-layer", help="Hidden state used as the embedding (1..L, or -1 = last).",
     rich_help_panel=_ENC)]
+class Pooling(str, enum.Enum):
+    last = "last"
+    mean = "mean"
+
+
+PoolingOpt = Annotated[Optional[Pooling], typer.Option(
+    "--pooling", help="Embedding from the prompt's last token, or the mean over the text's "
+    "tokens (the retrieval preset's choice).", rich_help_panel=_ENC, show_default=False)]
 PromptOpt = Annotated[Optional[str], typer.Option(
     "--prompt", help="Prompt family (prompteol, metaeol, pretended_cot, knowledge, passage_eol) "
     "or a template containing {text}.", rich_help_panel=_ENC)]
@@ -120,7 +128,7 @@ ProgressOpt = Annotated[Optional[bool], typer.Option(
 
 def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, query_prompt,
                    document_prompt, max_length, device, dtype, batch_size, *,
-                   default_preset: str = DEFAULT_PRESET):
+                   default_preset: str = DEFAULT_PRESET, pooling=None):
     """The EncoderConfig the encoder options describe (preset first, then the overrides);
     ``default_preset`` when neither a preset nor a model is named (see
     :func:`tp_rag.presets.default_preset`)."""
@@ -132,6 +140,7 @@ def encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt, q
         "output_layer": output_layer, "prompt": prompt, "query_prompt": query_prompt,
         "document_prompt": document_prompt, "max_length": max_length, "device": device,
         "dtype": dtype.value if dtype is not None else None, "batch_size": batch_size,
+        "pooling": pooling.value if pooling is not None else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if tp is not None:  # --tp/--no-tp means every kind of text, whatever sides the preset sets

@@ -19,7 +19,7 @@ import typer
 
 from tp_rag.cli_common import (
     BatchSizeOpt, DeviceOpt, DocumentPromptOpt, DtypeOpt, Kind, MaxLengthOpt, ModelOpt,
-    OutputLayerOpt, PresetOpt, PromptOpt, QueryPromptOpt, TpExitOpt, TpOpt, TpStartOpt,
+    OutputLayerOpt, PoolingOpt, PresetOpt, PromptOpt, QueryPromptOpt, TpExitOpt, TpOpt, TpStartOpt,
     TrustIndexModelOpt, encoder_config, quiet_loading, reports_errors,
 )
 
@@ -80,7 +80,8 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     trust_index_model: TrustIndexModelOpt = False,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None, tp_start: TpStartOpt = None,
-    tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None, prompt: PromptOpt = None,
+    tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None, pooling: PoolingOpt = None,
+    prompt: PromptOpt = None,
     query_prompt: QueryPromptOpt = None, document_prompt: DocumentPromptOpt = None,
     max_length: MaxLengthOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -102,8 +103,9 @@ def serve(
                        document_prompt, max_length)
     runtime = dict(device=device, dtype=dtype.value if dtype else None, batch_size=batch_size)
     quiet_loading()
-    own_settings = all(v is None for v in encoder_options)
-    config = None if own_settings else encoder_config(*encoder_options, device, dtype, batch_size)
+    own_settings = all(v is None for v in encoder_options) and pooling is None
+    config = None if own_settings else encoder_config(*encoder_options, device, dtype, batch_size,
+                                                      pooling=pooling)
     loaded_index = None
     if index is not None:
         from tp_rag.index import manifest_config, read_manifest
@@ -130,7 +132,8 @@ def serve(
 
         encoder = Encoder(encoder_config(*encoder_options, device, dtype, batch_size,
                                          default_preset=RETRIEVAL_PRESET))
-        sts = encoder_config(*encoder_options, device, dtype, batch_size, default_preset=DEFAULT_PRESET)
+        sts = encoder_config(*encoder_options, device, dtype, batch_size, default_preset=DEFAULT_PRESET,
+                             pooling=pooling)
         text_encoder = encoder.replace(**sts.model_dump())
     else:
         from tp_rag.encoder import Encoder
@@ -180,7 +183,8 @@ def embed_corpus(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start the shard folder (and --index) afresh.")] = False,
     preset: PresetOpt = None, model: ModelOpt = None, tp: TpOpt = None, tp_start: TpStartOpt = None,
-    tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None, prompt: PromptOpt = None,
+    tp_exit: TpExitOpt = None, output_layer: OutputLayerOpt = None, pooling: PoolingOpt = None,
+    prompt: PromptOpt = None,
     query_prompt: QueryPromptOpt = None, document_prompt: DocumentPromptOpt = None,
     max_length: MaxLengthOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -190,7 +194,8 @@ def embed_corpus(
     from tp_rag.distributed import build_index, corpus_paths
 
     config = encoder_config(preset, model, tp, tp_start, tp_exit, output_layer, prompt,
-                             query_prompt, document_prompt, max_length, device, dtype, batch_size)
+                             query_prompt, document_prompt, max_length, device, dtype, batch_size,
+                             pooling=pooling)
     corpus_paths(corpus)  # fail on a bad path before starting Ray or loading a model
     if index is not None and index.exists() and any(index.iterdir()) and not overwrite:
         raise FileExistsError(f"{index} exists; pass --overwrite to replace it")
