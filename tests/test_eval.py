@@ -200,7 +200,9 @@ def test_default_preset_is_the_committed_dev_sweeps_choice():
 
 
 def test_retrieval_preset_is_the_committed_train_choice():
-    """gemma-3-270m-retrieval is the dense idea with the best SciFact *train* nDCG@10."""
+    """gemma-3-270m-retrieval: prompts and TP sides from the dense idea with the best SciFact
+    *train* nDCG@10 of the full grid; pooling and output layer from the best train row, among
+    the systems this encoder can run, of the pooling run on the SciFact subset."""
     import re
 
     from tp_rag.presets import PRESETS
@@ -210,11 +212,27 @@ def test_retrieval_preset_is_the_committed_train_choice():
     dense = [r for r in record["results"] if not r["idea"].startswith("bm25")]
     best = max(dense, key=lambda r: r["train_ndcg10"])
     assert best["idea"] == "passage_eol/tp docs only"
-    tp_exit, layer = map(int, re.fullmatch(r"TP 1\.\.(\d+) docs, layer (\d+)", best["setting"]).groups())
+    tp_exit = int(re.fullmatch(r"TP 1\.\.(\d+) docs, layer (\d+)", best["setting"]).group(1))
     preset = PRESETS["gemma-3-270m-retrieval"]
-    assert (preset["tp_start"], preset["tp_exit"], preset["output_layer"]) == (1, tp_exit, layer)
+    assert (preset["tp_start"], preset["tp_exit"]) == (1, tp_exit)
     assert preset["document_prompt"] == "passage_eol" and preset["query_token_prepending"] is False
     assert preset["max_length"] == record["settings"]["grid_settings"][0]["max_length"]
+
+    run = json.loads((RESULTS_DIR / "rag_default_400_pooling" / "results.json").read_text())["results"]
+    pooling = {"tp-mean": "mean", "tp-layers": "last"}  # this encoder's rows (every layer)
+    name = max((n for n in pooling if n in run), key=lambda n: run[n]["train_ndcg10"])
+    assert (preset["pooling"], preset["output_layer"]) == (pooling[name], run[name]["setting"]["output_layer"])
+
+
+def test_hybrid_default_is_the_committed_train_choice():
+    """The fusion default is the one chosen on train over the no-flags dense side."""
+    from tp_rag import hybrid
+    from tp_rag_eval.common import RESULTS_DIR
+
+    run = json.loads((RESULTS_DIR / "rag_default_400_pooling" / "results.json").read_text())["results"]
+    chosen = run["hybrid"]["setting"]
+    assert run["hybrid"]["setting"]["centering"] == "document-mean"  # what no flags give
+    assert (hybrid.DEFAULT_FUSION, hybrid.DEFAULT_ALPHA) == (chosen["fusion"], chosen.get("alpha"))
 
 
 def test_pairs_sample_is_seeded_and_keeps_pairs_aligned():

@@ -13,6 +13,12 @@ from tp_rag import models
 from tp_rag.models import DtypeChoice, resolve_dtype
 from tp_rag.testing import save_tiny_model
 
+
+@pytest.fixture(autouse=True)
+def real_cpu_flags(float32_auto_dtype, monkeypatch):
+    """This module checks the hardware detection itself (conftest.py pins auto to float32)."""
+    monkeypatch.setattr(models, "cpu_flags", float32_auto_dtype)
+
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
 

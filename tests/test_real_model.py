@@ -39,6 +39,17 @@ def test_bundled_model_shape_and_batch_invariance(bundled):
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
+def test_bfloat16_vectors_stay_close_across_batches_and_to_float32(bundled):
+    """bfloat16 (what auto picks on AVX512-BF16/AMX CPUs) is not bit-for-bit batch invariant:
+    another batch shape rounds differently. It must stay within a cosine of 0.999."""
+    bf16 = Encoder.from_preset("gemma-3-270m", dtype="bfloat16")
+    texts = [a for a, _ in PAIRS] + ["A much longer sentence that forces the others in its batch to be padded on the left side."]
+    batched = bf16.encode(texts, batch_size=8)
+    alone = np.stack([bf16.encode([t])[0] for t in texts])
+    assert (batched * alone).sum(1).min() > 0.999
+    assert (batched * bundled.encode(texts)).sum(1).min() > 0.999
+
+
 def test_gguf_conversion_is_cached_by_sha256(tmp_path, monkeypatch, bundled):
     """First use converts the bundled GGUF into a safetensors folder keyed by its sha256; the
     next load reads that folder and never touches the GGUF loader again."""

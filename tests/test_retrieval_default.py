@@ -279,7 +279,7 @@ def test_one_rule_for_the_default_preset(monkeypatch):
     options = [None] * 13
     assert encoder_config(*options).model_dump() == EncoderConfig(**__import__(
         "tp_rag.presets", fromlist=["x"]).PRESETS[DEFAULT_PRESET]).model_dump()
-    assert encoder_config(*options, default_preset=RETRIEVAL_PRESET).output_layer == 17
+    assert encoder_config(*options, default_preset=RETRIEVAL_PRESET).output_layer == 13
 
 
 # -- integrations return documents -----------------------------------------------------------------

@@ -16,14 +16,21 @@ def _encoders():
     from tp_rag_eval.rag_default import VANILLA, retrieval_encoder
 
     tp = retrieval_encoder()
-    vanilla = tp.replace(**VANILLA)
-    return {"tp": tp, "vanilla": vanilla, "tp-mean": tp.replace(pooling="mean"),
+    last = tp.replace(**LAST_TOKEN)
+    vanilla = last.replace(**VANILLA)
+    return {"tp": tp, "tp-last": last, "vanilla": vanilla, "tp-mean": tp.replace(pooling="mean"),
             "vanilla-mean": vanilla.replace(pooling="mean")}
+
+
+# The previous retrieval default's pooling and layer (chosen on the full SciFact train grid):
+# the anchor for what mean pooling changed, and the paper's way for the vanilla row.
+LAST_TOKEN = dict(pooling="last", output_layer=-2)  # layer 17 of 18
 
 
 # (name, encoder key, passage_tokens, overlap, split) for every dense document view.
 VIEWS = {
     "tp": ("tp", None, DEFAULT_OVERLAP, True),
+    "tp-last": ("tp-last", None, DEFAULT_OVERLAP, True),
     "tp-whole": ("tp", None, 0, False),
     "tp-o0": ("tp", None, 0, True),
     "tp-p128": ("tp", 128, DEFAULT_OVERLAP, True),
@@ -31,8 +38,8 @@ VIEWS = {
 }
 # Systems recorded at every layer (the output layer chosen on train), over the default passages:
 # name -> encoder key. Separates what echo embeddings gain by (layer, mean pooling, TP).
-LAYER_VIEWS = {"tp-layers": "tp", "tp-mean": "tp-mean", "vanilla-mean": "vanilla-mean"}
-ENCODE_ORDER = ["tp", "tp-whole", "pseudo", "vanilla", "echo", "tp-layers", "tp-mean",
+LAYER_VIEWS = {"tp-layers": "tp-last", "tp-mean": "tp-mean", "vanilla-mean": "vanilla-mean"}
+ENCODE_ORDER = ["tp", "tp-last", "tp-whole", "pseudo", "vanilla", "echo", "tp-layers", "tp-mean",
                 "vanilla-mean", "tp-p128", "tp-o0", "minilm"]
 
 
@@ -87,6 +94,8 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
 # -- scoring --------------------------------------------------------------------------------------
 ALPHAS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 CENTERINGS = ("none", "document-mean", "train-queries", "titles-as-queries")
+# The product's centering without --query-sample: the documents' mean for both sides.
+NO_FLAGS_CENTERING = "document-mean"
 DEPTH = 100
 
 
@@ -212,14 +221,24 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
                       "index_bytes": int(best["view"]["docs"].nbytes),
                       "_index": index, "_view": best["view"]}
         print(f"{name}: {rows[name]['setting']} train {best['train_ndcg10']:.2f} test {rows[name]['test']}", flush=True)
+        if name == "tp":  # what `index build` gives with no flags: no query sample
+            view = best["view"]
+            plain = make_index(view, config, NO_FLAGS_CENTERING, None)
+            rows["tp-no-flags"] = {
+                "setting": {"centering": NO_FLAGS_CENTERING, "output_layer": best["layer"]},
+                "train_ndcg10": round(train_ndcg(view, config, NO_FLAGS_CENTERING, splits, None), 3),
+                "test": metrics(test.qrels, run_of(plain, test.ids, view["queries"][test.rows], test.texts)),
+                "vectors": rows[name]["vectors"], "index_bytes": rows[name]["index_bytes"],
+                "_index": plain, "_view": view}
     rows.update(keyword_rows(rows, splits))
     for row in rows.values():
         row.pop("_index", None), row.pop("_view", None)
-    timed = encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid")]) if timing else {}
+    timed = encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid", "tp-no-flags")]) if timing else {}
     for name, ms in timed.items():
         rows[name]["ms_per_doc"] = ms
-    if "hybrid" in rows and "tp" in rows:
-        rows["hybrid"]["ms_per_doc"] = rows["tp"].get("ms_per_doc")
+    for name in ("hybrid", "tp-no-flags"):
+        if name in rows and "tp" in rows:
+            rows[name]["ms_per_doc"] = rows["tp"].get("ms_per_doc")
     return rows
 
 
@@ -262,10 +281,12 @@ def encode_ms(data, encoders: dict, names: Sequence[str]) -> dict:
 
 def keyword_rows(rows: dict, splits: dict) -> dict:
     """BM25 alone and hybrid (weighted over ALPHAS, or RRF, chosen on train) over the
-    default pipeline's index (the ``tp`` row), both through FaissIndex.search_vectors."""
+    default pipeline's index as `index build` makes it with no flags (the ``tp-no-flags`` row;
+    ``tp`` without it), both through FaissIndex.search_vectors."""
     if "tp" not in rows:
         return {}
-    index, view = rows["tp"]["_index"], rows["tp"]["_view"]
+    dense = "tp-no-flags" if "tp-no-flags" in rows else "tp"
+    index, view = rows[dense]["_index"], rows[dense]["_view"]
     train, test = splits["train"], splits["test"]
     out = {}
     bm25_train = ndcg10(train.qrels, run_of(index, train.ids, view["queries"][train.rows], train.texts, "bm25"))
@@ -282,33 +303,35 @@ def keyword_rows(rows: dict, splits: dict) -> dict:
         if best is None or score > best[0]:
             best = (score, option)
     run = run_of(index, test.ids, view["queries"][test.rows], test.texts, "hybrid", **best[1])
-    out["hybrid"] = {"setting": {**rows["tp"]["setting"], **best[1]},
+    out["hybrid"] = {"setting": {**rows[dense]["setting"], **best[1]},
                      "train_ndcg10": round(best[0], 3), "test": metrics(test.qrels, run),
-                     "vectors": rows["tp"]["vectors"],
-                     "index_bytes": rows["tp"]["index_bytes"] + out["bm25"]["index_bytes"]}
+                     "vectors": rows[dense]["vectors"],
+                     "index_bytes": rows[dense]["index_bytes"] + out["bm25"]["index_bytes"]}
     return out
 
 
 LABELS = {
     "bm25": "BM25 (tp_rag.hybrid: bm25s, Snowball stems)",
     "minilm": "all-MiniLM-L6-v2 (whole documents, 256 word pieces)",
-    "vanilla": "PromptEOL vanilla (no TP, layer 17), token passages",
+    "vanilla": "PromptEOL vanilla (no TP, last token, layer 17), token passages",
     "echo": "Echo embeddings (same model, text twice, mean of 2nd copy), token passages",
     "tp-whole": "TP retrieval preset, whole documents cut to 256 tokens (the old default)",
     "tp-o0": "TP retrieval preset, token passages without overlap",
-    "tp-layers": "TP retrieval preset, token passages, output layer chosen on train",
+    "tp-last": "TP, last token at layer 17 (the previous default), token passages",
+    "tp-layers": "TP, last token, token passages, output layer chosen on train",
     "tp-mean": "TP retrieval preset with mean pooling over the text, layer chosen on train",
     "vanilla-mean": "PromptEOL vanilla with mean pooling over the text, layer chosen on train",
-    "tp": "**TP retrieval preset, token passages (the new default)**",
-    "hybrid": "**hybrid: BM25 + the default dense side**",
+    "tp": "**TP retrieval preset, token passages (the default: mean pooling, layer 13), with a query sample**",
+    "tp-no-flags": "**the same with no flags (no query sample: the documents' mean for queries too)**",
+    "hybrid": "**hybrid: BM25 + the default dense side, no flags (the search default)**",
 }
 
 
 def markdown(results: dict, description: dict) -> str:
     lines = ["| system | setting (chosen on train) | train nDCG@10 | test nDCG@10 | test Recall@10 "
              "| vectors | index bytes | encode ms / doc |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ["bm25", "minilm", "vanilla", "vanilla-mean", "echo", "tp-whole", "tp-o0", "tp-layers",
-                 "tp-mean", "tp", "hybrid"]:
+    for name in ["bm25", "minilm", "vanilla", "vanilla-mean", "echo", "tp-whole", "tp-o0", "tp-last",
+                 "tp-layers", "tp-mean", "tp", "tp-no-flags", "hybrid"]:
         row = results.get(name)
         if row is None:
             continue

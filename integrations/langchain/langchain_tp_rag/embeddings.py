@@ -57,6 +57,8 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
     tp_start: Optional[int] = None
     tp_exit: Optional[int] = None
     output_layer: Optional[int] = None
+    pooling: Optional[Literal["last", "mean"]] = Field(
+        None, description="Last token's state, or the mean over the text's tokens.")
     pst_init: Optional[Literal["mean", "zeros", "pad"]] = None
     preprocess: Optional[bool] = None
     max_length: Optional[int] = None

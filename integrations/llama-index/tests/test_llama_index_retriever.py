@@ -7,6 +7,7 @@ import time
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
+from tp_rag import hybrid
 from tp_rag.index import FaissIndex
 
 from llama_index.embeddings.tp_rag import TokenPrependingRetriever
@@ -46,7 +47,7 @@ def test_same_ids_and_scores_as_the_index(index, options):
 def test_hybrid_is_the_default_and_finds_the_keyword(index):
     retriever = TokenPrependingRetriever(index)
     assert (retriever.similarity_top_k, retriever.mode, retriever.fusion, retriever.alpha) == (
-        2, "hybrid", "weighted", 0.25)
+        2, "hybrid", "weighted", hybrid.DEFAULT_ALPHA)
     assert retriever.retrieve("guitar")[0].node.node_id == "guitar"
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from pydantic import ValidationError
+from tp_rag import hybrid
 from tp_rag.index import FaissIndex
 
 from langchain_tp_rag import TokenPrependingRetriever
@@ -45,8 +46,8 @@ def test_same_ids_and_scores_as_the_index(index, options):
 
 def test_hybrid_is_the_default_and_finds_the_keyword(index):
     retriever = TokenPrependingRetriever(index=index)
-    assert (retriever.k, retriever.mode, retriever.fusion, retriever.alpha) == (4, "hybrid", "weighted",
-                                                                                0.25)
+    assert (retriever.k, retriever.mode, retriever.fusion, retriever.alpha) == (
+        4, "hybrid", "weighted", hybrid.DEFAULT_ALPHA)
     assert retriever.invoke("guitar")[0].id == "guitar"
 
 

@@ -24,6 +24,7 @@ ENCODER_SETTINGS: tuple[str, ...] = (
     "tp_start",
     "tp_exit",
     "output_layer",
+    "pooling",
     "pst_init",
     "preprocess",
     "max_length",
@@ -79,6 +80,8 @@ class TokenPrependingEmbedding(BaseEmbedding):
     tp_start: Optional[int] = Field(default=None, description="First decoder layer with TP.")
     tp_exit: Optional[int] = Field(default=None, description="TP before layers tp_start..tp_exit-1.")
     output_layer: Optional[int] = Field(default=None, description="Layer taken (-1 = last).")
+    pooling: Optional[Literal["last", "mean"]] = Field(
+        default=None, description="Last token's state, or the mean over the text's tokens.")
     pst_init: Optional[Literal["mean", "zeros", "pad"]] = Field(
         default=None, description="Placeholder input vector before TP overwrites it."
     )
