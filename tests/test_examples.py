@@ -32,10 +32,14 @@ def test_langchain_rag(encoder, capsys):
     pytest.importorskip("langchain_community")
     pytest.importorskip("langchain_text_splitters")
     example = load_example("langchain_rag")
-    results = example.main(["-k", "2"], encoder=encoder)
-    assert len(results) == 2
-    # Both are on topic (tp-002 explains causal attention, the problem TP fixes); tp-001 is TP.
-    assert {r.metadata["id"] for r in results} == {"tp-001", "tp-002"}
+    results = example.main(["-k", "3"], encoder=encoder)
+    assert len(results) == 3
+    # All on topic, the TP passage among them. LangChain's FAISS store does not center the
+    # vectors as tp-rag's index does; uncentered, the mean-pooled retrieval default ranks the
+    # TP passage third here (tp-003, tp-002, tp-001; the last-token default had it first),
+    # although on SciFact train it beats last-token vectors uncentered too (62.78 vs 59.71).
+    assert {r.metadata["topic"] for r in results} == {"tp"}
+    assert "tp-001" in {r.metadata["id"] for r in results}
     out = capsys.readouterr().out
     assert example.DEFAULT_QUESTION in out and "[tp-001] Token Prepending" in out
 

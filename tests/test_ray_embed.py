@@ -38,7 +38,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config(model_dir):
-    return EncoderConfig(model=str(model_dir), tp_start=1, tp_exit=3, device="cpu", max_length=96)
+    # float32: Ray workers are other processes, where conftest's float32 "auto" does not reach
+    return EncoderConfig(model=str(model_dir), tp_start=1, tp_exit=3, device="cpu", max_length=96,
+                         dtype="float32")
 
 
 def _manifest(config, **extra):
