@@ -368,3 +368,40 @@ def test_cli_build_and_search_return_documents_by_default(model_dir, tmp_path):
     assert read_manifest(folder).model_extra["centering"]["query_source"] == "query-sample"
     both = run("index", "build", source, tmp_path / "x", "--split-words", "5", "--no-split", *model)
     assert both.exit_code == 2 and "--split-words replaces token passages" in both.output
+
+
+# -- titles as the query sample ------------------------------------------------------------------
+def titled_corpus(n: int):
+    return [Document(f"t{i}", f"Note {i} on the weather, guitars and markets.", title=f"Topic number {i}")
+            for i in range(n)]
+
+
+def test_without_a_query_sample_titles_embedded_as_queries_give_the_query_mean(encoder, tmp_path):
+    docs = titled_corpus(index_core.MIN_TITLE_QUERIES + 4)
+    index = FaissIndex.build(docs, encoder, checkpoint_dir=None, passages=None)
+    c = index.centering
+    assert c.query_source == "titles" and c.queries == len(docs)
+    expected = Centering.fit(encoder.encode_documents([d.embedding_text for d in docs]),
+                             encoder.encode_queries([d.title for d in docs]), "titles")
+    np.testing.assert_allclose(c.query_mean, expected.query_mean, atol=1e-5)
+    assert np.abs(c.query_mean - c.document_mean).max() > 1e-3  # not the documents' mean
+    # saved and loaded as such; a refit of the documents keeps the titles' query mean
+    index.save(tmp_path / "idx")
+    assert read_manifest(tmp_path / "idx").model_extra["centering"]["query_source"] == "titles"
+    loaded = FaissIndex.load(tmp_path / "idx", encoder)
+    refit = loaded.fit_centering()
+    assert refit.query_source == "titles"
+    np.testing.assert_array_equal(refit.query_mean, c.query_mean)
+
+
+def test_titles_only_when_there_are_enough_and_never_over_a_query_sample(encoder):
+    few = titled_corpus(index_core.MIN_TITLE_QUERIES - 1)
+    untitled = [Document(f"u{i}", f"Untitled note {i}.") for i in range(MIN_CENTERING_DOCS)]
+    index = FaissIndex.build(few + untitled, encoder, checkpoint_dir=None, passages=None)
+    assert index.centering.query_source == "document-mean"
+    sampled = FaissIndex.build(titled_corpus(40), encoder, checkpoint_dir=None, passages=None,
+                               query_sample=["weather?", "guitar"])
+    assert sampled.centering.query_source == "query-sample" and sampled.centering.queries == 2
+    # titles seen over several adds count once each, up to the limit
+    assert index_core.title_queries(titled_corpus(5) + titled_corpus(8), limit=6) == [
+        f"Topic number {i}" for i in range(6)]

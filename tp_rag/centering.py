@@ -27,7 +27,9 @@ import numpy as np
 
 FORMAT = "tp-rag-centering"
 # Where the query mean came from: a sample the user gave, or none (the document mean is used).
-QUERY_SOURCES = ("query-sample", "document-mean")
+# Where the query side's mean comes from: a user's sample of queries, the corpus titles embedded
+# as queries (no user input), or the documents' own mean.
+QUERY_SOURCES = ("query-sample", "titles", "document-mean")
 _EPS = 1e-6
 
 
@@ -77,13 +79,15 @@ class Centering:
         return int(self.document_mean.shape[0])
 
     @classmethod
-    def fit(cls, documents: np.ndarray, queries: Optional[np.ndarray] = None) -> "Centering":
-        """Means of the (unit) document vectors and, when given, of a query sample."""
+    def fit(cls, documents: np.ndarray, queries: Optional[np.ndarray] = None,
+            source: str = "query-sample") -> "Centering":
+        """Means of the (unit) document vectors and, when given, of query vectors (from
+        ``source``: a query sample or the corpus titles)."""
         doc_mean = _mean_of(documents, "centering documents")
         if queries is None or len(queries) == 0:
             return cls(doc_mean, doc_mean, len(documents), 0, "document-mean")
         return cls(doc_mean, _mean_of(queries, "centering query sample"), len(documents),
-                   len(queries), "query-sample")
+                   len(queries), source)
 
     def with_queries(self, queries: np.ndarray) -> "Centering":
         """The same document mean with a query mean fitted on ``queries``."""

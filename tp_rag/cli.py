@@ -639,8 +639,10 @@ def _documents_row(manifest) -> str:
 def _centering_row(manifest) -> str:
     described = (manifest.model_extra or {}).get("centering")
     if "centering" in manifest.files and isinstance(described, dict):
-        queries = (f"queries: mean of {described.get('queries')} sample queries"
-                   if described.get("query_source") == "query-sample" else "queries: the documents' mean")
+        source = described.get("query_source")
+        queries = {"query-sample": f"queries: mean of {described.get('queries')} sample queries",
+                   "titles": f"queries: mean of {described.get('queries')} corpus titles embedded as queries",
+                   }.get(source, "queries: the documents' mean")
         return f"mean-centered (documents: mean of {described.get('documents')} vectors; {queries})"
     if isinstance(described, dict) and described.get("enabled"):
         return "on, not fitted yet (too few documents)"

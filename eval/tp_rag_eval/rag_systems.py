@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tp_rag.index.core import title_queries
 from tp_rag.passages import DEFAULT_OVERLAP
 from tp_rag_eval.cache import cached_all_layers
 
@@ -68,7 +69,7 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
             vectors[name] = dict(views=views, queries=q, docs=d)
         elif name == "pseudo":  # titles embedded as queries: a query-side sample from the corpus
             enc = encoders["tp"]
-            titles = [d.title for d in data.documents if d.title]
+            titles = title_queries(data.documents)  # the product's own sample
             vectors[name] = encode(enc, titles, "query", cache, "titles as queries")[0]
         elif name == "echo":
             from tp_rag_eval.echo import EchoEncoder
@@ -94,8 +95,15 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
 # -- scoring --------------------------------------------------------------------------------------
 ALPHAS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 CENTERINGS = ("none", "document-mean", "train-queries", "titles-as-queries")
-# The product's centering without --query-sample: the documents' mean for both sides.
-NO_FLAGS_CENTERING = "document-mean"
+def no_flags_centering(titles_sample) -> str:
+    """The product's centering without --query-sample: the corpus titles embedded as queries
+    for the query side when there are enough (tp_rag.index.core.MIN_TITLE_QUERIES), else the
+    documents' mean for both sides. The titles are the ``pseudo`` system's vectors."""
+    from tp_rag.index.core import MIN_TITLE_QUERIES
+
+    if titles_sample is not None and len(titles_sample) >= MIN_TITLE_QUERIES:
+        return "titles-as-queries"
+    return "document-mean"
 DEPTH = 100
 
 
@@ -184,7 +192,7 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
 
     splits = {s: Split(data, s) for s in ("train", "test")}
     config = encoders["tp"].config
-    titles = [d.title for d in data.documents if d.title]
+    titles = title_queries(data.documents)
     pseudo_by_encoder = {}
     rows = {}
     for name, system in vectors.items():
@@ -222,11 +230,12 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
                       "_index": index, "_view": best["view"]}
         print(f"{name}: {rows[name]['setting']} train {best['train_ndcg10']:.2f} test {rows[name]['test']}", flush=True)
         if name == "tp":  # what `index build` gives with no flags: no query sample
-            view = best["view"]
-            plain = make_index(view, config, NO_FLAGS_CENTERING, None)
+            view, titles_sample = best["view"], vectors.get("pseudo")
+            plain_centering = no_flags_centering(titles_sample)
+            plain = make_index(view, config, plain_centering, titles_sample)
             rows["tp-no-flags"] = {
-                "setting": {"centering": NO_FLAGS_CENTERING, "output_layer": best["layer"]},
-                "train_ndcg10": round(train_ndcg(view, config, NO_FLAGS_CENTERING, splits, None), 3),
+                "setting": {"centering": plain_centering, "output_layer": best["layer"]},
+                "train_ndcg10": round(train_ndcg(view, config, plain_centering, splits, titles_sample), 3),
                 "test": metrics(test.qrels, run_of(plain, test.ids, view["queries"][test.rows], test.texts)),
                 "vectors": rows[name]["vectors"], "index_bytes": rows[name]["index_bytes"],
                 "_index": plain, "_view": view}
@@ -322,7 +331,7 @@ LABELS = {
     "tp-mean": "TP retrieval preset with mean pooling over the text, layer chosen on train",
     "vanilla-mean": "PromptEOL vanilla with mean pooling over the text, layer chosen on train",
     "tp": "**TP retrieval preset, token passages (the default: mean pooling, layer 13), with a query sample**",
-    "tp-no-flags": "**the same with no flags (no query sample: the documents' mean for queries too)**",
+    "tp-no-flags": "**the same with no flags (no query sample: corpus titles embedded as queries when there are enough, else the documents' mean)**",
     "hybrid": "**hybrid: BM25 + the default dense side, no flags (the search default)**",
 }
 
