@@ -126,7 +126,11 @@ def test_shutdown_finishes_accepted_requests():
         in_threads([lambda i=i: post(url, f"in flight {i}") for i in range(3)])))
     thread.start()
     assert encoder.started.wait(10)
-    time.sleep(0.1)  # all three accepted, one in the model, two queued
+    # all three accepted: one in the model, two queued (polled: a fixed sleep loses the race on
+    # a loaded machine, and a request not yet accepted is refused by the shutdown)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/health").json()["queued_texts"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     server.stop()  # the graceful shutdown waits for them
     thread.join(30)
     assert [r.status_code for r in results] == [200, 200, 200]
