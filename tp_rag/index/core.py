@@ -374,7 +374,8 @@ class FaissIndex:
         the corpus titles embedded as queries (when there are enough), else none."""
         if self._query_sample:
             return self.encoder.encode_queries(self._query_sample, show_progress=False), "query-sample"
-        if len(self._titles) >= MIN_TITLE_QUERIES:
+        # (an index over precomputed vectors may have no model to embed the titles with)
+        if len(self._titles) >= MIN_TITLE_QUERIES and hasattr(self.encoder, "encode_queries"):
             return self.encoder.encode_queries(list(self._titles), show_progress=False), "titles"
         return None, "document-mean"
 
