@@ -9,7 +9,7 @@ TP=.venv/bin/tp-rag
 INDEX="${TP_RAG_DEMO_INDEX:-.demo-index}"
 $TP index build examples/data/corpus.jsonl "$INDEX" --overwrite --preset gemma-3-270m-retrieval
 $TP info "$INDEX"
-$TP search "$INDEX" -k 3 \
+$TP search "$INDEX" -k 3 --mode dense \
   "What is the highest mountain in the world?" \
   "How do plants turn sunlight into energy?" \
   "Why can early tokens not see later ones in a decoder?"

@@ -103,6 +103,7 @@ def test_info(built):
     assert result.exit_code == 0, result.output
     assert "documents         30" in result.stdout and "verified" in result.stdout
     assert "token prepending  layers 1..3" in result.stdout
+    assert "pooling           last token" in result.stdout  # the tiny model's own settings
     as_json = json.loads(invoke("info", built, "--json").stdout)
     assert as_json["dim"] == 32 and as_json["files"]["faiss"]["sha256"]
 

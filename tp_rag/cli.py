@@ -593,6 +593,7 @@ def info(
         ("prompt", str(prompts)),
         ("token prepending", tp),
         ("output layer", str(enc.get("output_layer"))),
+        ("pooling", {"mean": "mean over the text's tokens"}.get(enc.get("pooling"), "last token")),
         ("max length", str(enc.get("max_length"))),
         ("dtype", _dtype_row(enc)),
         ("built with", f"tp-rag {manifest.tp_rag_version}, faiss {manifest.faiss_version}, "
