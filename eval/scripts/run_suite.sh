@@ -12,12 +12,16 @@ PY=${PY:-python}
 R=eval/results
 step() { echo "=== $(date -u +%H:%M:%S) $*" >&2; }
 
-step "English STS-B dev layer sweep (sets the gemma-3-270m preset)"
+step "English STS-B dev layer sweeps, one per family (the best TP row sets the gemma-3-270m preset)"
 $PY -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 --batch-size 64 --out-dir $R
+$PY -m tp_rag_eval.sweep --prompt pretended_cot --tp-exits 4 5 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
+$PY -m tp_rag_eval.sweep --prompt knowledge --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
 
 step "STS test sets"
 $PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS12 --out $R/sts_minilm.json
-$PY -m tp_rag_eval.sts --prompt prompteol --mode both --from-sweep $R --batch-size 64 --out $R/sts_prompteol.json
+for p in prompteol pretended_cot knowledge; do
+    $PY -m tp_rag_eval.sts --prompt $p --mode both --from-sweep $R --batch-size 64 --out $R/sts_$p.json
+done
 
 step "Ablation on a seeded 300-pair dev sample"
 E=$($PY -c "import json; print(json.load(open('$R/sweep_stsb_dev_prompteol.json'))['results']['best']['tp']['tp_exit'])")
@@ -33,8 +37,10 @@ step "Classification (SentEval transfer; seeded 500 items per split, TREC 1,500)
 T=(MR CR SUBJ MPQA SST2 MRPC)
 $PY -m tp_rag_eval.transfer --only-minilm --limit 500 --tasks "${T[@]}" --out $R/transfer_minilm_limit500.json
 $PY -m tp_rag_eval.transfer --only-minilm --limit 1500 --tasks TREC --out $R/transfer_minilm_trec_limit1500.json
-$PY -m tp_rag_eval.transfer --prompt prompteol --mode both --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --out $R/transfer_prompteol_limit500.json
-$PY -m tp_rag_eval.transfer --prompt prompteol --mode both --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --out $R/transfer_prompteol_trec_limit1500.json
+for p in prompteol pretended_cot; do
+    $PY -m tp_rag_eval.transfer --prompt $p --mode both --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --dtype float32 --out $R/transfer_${p}_limit500.json
+    $PY -m tp_rag_eval.transfer --prompt $p --mode both --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_${p}_trec_limit1500.json
+done
 
 step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra)"
 $PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 300 --seed 0 --tp-exits 3 5 7 \
@@ -62,6 +68,11 @@ view title_256
 view no_title_256 --no-title
 view chunk150_max --chunk-words 150 --chunk-agg max
 view chunk150_mean --chunk-words 150 --chunk-agg mean
+
+step "The default RAG path on a 400-document SciFact subset (sets the retrieval pooling, layer and fusion)"
+(cd eval && $PY -m tp_rag_eval.rag_default --docs 400 --train-queries 60 --test-queries 60 --threads 1 \
+    --systems tp tp-last tp-mean echo tp-layers vanilla-mean vanilla minilm pseudo \
+    --out ../eval/results/rag_default_400_pooling)
 
 step "tp-rag tune, as documented in the README"
 mkdir -p $R/tune
