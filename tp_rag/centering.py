@@ -26,7 +26,6 @@ from typing import Optional
 import numpy as np
 
 FORMAT = "tp-rag-centering"
-# Where the query mean came from: a sample the user gave, or none (the document mean is used).
 # Where the query side's mean comes from: a user's sample of queries, the corpus titles embedded
 # as queries (no user input), or the documents' own mean.
 QUERY_SOURCES = ("query-sample", "titles", "document-mean")

@@ -52,6 +52,8 @@ TpExitOpt = Annotated[Optional[int], typer.Option(
 OutputLayerOpt = Annotated[Optional[int], typer.Option(
     "--output-layer", help="Hidden state used as the embedding (1..L, or -1 = last).",
     rich_help_panel=_ENC)]
+
+
 class Pooling(str, enum.Enum):
     last = "last"
     mean = "mean"

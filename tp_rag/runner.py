@@ -224,9 +224,9 @@ class Runner:
         self, batch: ModelBatch, output_layer: int, tp_range: Optional[tuple[int, int]],
         prefix: Sequence[int] = (),
     ) -> torch.Tensor:
-        """(B, H) pooled state (the last token's by default) after ``output_layer`` layers (1..L). Only the last layer's
-        state passes the final norm, as in Hugging Face's ``hidden_states``. ``prefix``: ids
-        that precede every row (see :meth:`_forward`)."""
+        """(B, H) pooled state (the last token's by default) after ``output_layer`` layers
+        (1..L). Only the last layer's state passes the final norm, as in Hugging Face's
+        ``hidden_states``. ``prefix``: ids that precede every row (see :meth:`_forward`)."""
         batch = _to(batch, self.device)
         if prefix:
             self.prefix_states(prefix, output_layer, 1)  # computed outside the TP hooks

@@ -95,6 +95,9 @@ def run(data, cache: Path, systems: Optional[Sequence[str]], encode_only: bool =
 # -- scoring --------------------------------------------------------------------------------------
 ALPHAS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 CENTERINGS = ("none", "document-mean", "train-queries", "titles-as-queries")
+DEPTH = 100
+
+
 def no_flags_centering(titles_sample) -> str:
     """The product's centering without --query-sample: the corpus titles embedded as queries
     for the query side when there are enough (tp_rag.index.core.MIN_TITLE_QUERIES), else the
@@ -104,7 +107,6 @@ def no_flags_centering(titles_sample) -> str:
     if titles_sample is not None and len(titles_sample) >= MIN_TITLE_QUERIES:
         return "titles-as-queries"
     return "document-mean"
-DEPTH = 100
 
 
 class _Shape:

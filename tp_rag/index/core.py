@@ -46,6 +46,7 @@ CENTERING_SAMPLE = 100_000  # vectors the document mean is fitted on
 # at least MIN_TITLE_QUERIES of them.
 TITLE_QUERIES = 1000
 MIN_TITLE_QUERIES = 16
+PASSAGE_KEYS = ("parent_id", "passage", "char_start", "char_end", "chunk")
 
 
 def title_queries(documents: Iterable[Document], limit: int = TITLE_QUERIES,
@@ -60,7 +61,6 @@ def title_queries(documents: Iterable[Document], limit: int = TITLE_QUERIES,
         if title:
             seen.setdefault(title, None)
     return list(seen)
-PASSAGE_KEYS = ("parent_id", "passage", "char_start", "char_end", "chunk")
 
 
 @dataclass
@@ -327,7 +327,6 @@ class FaissIndex:
         :func:`tp_rag.passages.split_passages` to store passages). Centering applies as in
         :meth:`add_documents`."""
         docs = self._checked(documents)
-        self._note_titles(docs)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (len(docs), self.dim):
             raise ValueError(
@@ -337,6 +336,7 @@ class FaissIndex:
             return []
         if not np.isfinite(vectors).all():
             raise ValueError("the vectors hold NaN or infinite values")
+        self._note_titles(docs)
         refit = self._centering_due(len(docs))
         if refit and len(self) == 0:
             self.centering = self._fit_centering(vectors)

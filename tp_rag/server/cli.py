@@ -132,8 +132,7 @@ def serve(
 
         encoder = Encoder(encoder_config(*encoder_options, device, dtype, batch_size,
                                          default_preset=RETRIEVAL_PRESET))
-        sts = encoder_config(*encoder_options, device, dtype, batch_size, default_preset=DEFAULT_PRESET,
-                             pooling=pooling)
+        sts = encoder_config(*encoder_options, device, dtype, batch_size, default_preset=DEFAULT_PRESET)
         text_encoder = encoder.replace(**sts.model_dump())
     else:
         from tp_rag.encoder import Encoder
