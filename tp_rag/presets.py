@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
     # 809 train queries): "This passage" template and TP for documents only, PromptEOL queries
     # without TP. Pooling and layer (eval/results/rag_default_400_pooling, 400-document subset,
     # 60 train queries): the text tokens' mean at layer 13 of 18, 75.75 vs 66.52 for the last
-    # token at layer 17 (the best system this encoder can run; echo embeddings, 2x the cost,
+    # token at layer 17 (the best system this encoder can run; echo embeddings, 3.4x the cost,
     # 80.41).
     "gemma-3-270m-retrieval": dict(
         model=BUNDLED_MODEL, prompt="prompteol", document_prompt="passage_eol",
