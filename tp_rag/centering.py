@@ -143,4 +143,23 @@ class Centering:
             raise CenteringError(f"{where}: invalid statistics ({err})") from None
 
 
-__all__ = ["Centering", "CenteringError", "QUERY_SOURCES"]
+def check_centering(centering: object, dim: int) -> None:
+    """Refuse anything but None (no centering) or :class:`Centering` statistics of ``dim``."""
+    if centering is None:
+        return
+    if not isinstance(centering, Centering):
+        raise TypeError(f"centering must be a tp_rag.centering.Centering, got {type(centering).__name__}")
+    if centering.dim != dim:
+        raise CenteringError(f"centering statistics are {centering.dim}-dimensional; the encoder "
+                             f"makes {dim}-dimensional vectors")
+
+
+def same_centering(a: Optional[Centering], b: Optional[Centering]) -> bool:
+    """Whether two centering statistics (either may be None: no centering) are the same."""
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a.document_mean, b.document_mean)
+                and np.array_equal(a.query_mean, b.query_mean))
+
+
+__all__ = ["Centering", "CenteringError", "QUERY_SOURCES", "check_centering", "same_centering"]

@@ -118,6 +118,23 @@ def ideas_lines(files: Sequence[Path]) -> list[str]:
     return out
 
 
+def extra_model_lines(res: Path) -> list[str]:
+    """The sweeps and STS tables of each extra evaluation model, from ``<results>/<model name>/``."""
+    from tp_rag_eval.extra_models import EXTRA_MODELS
+
+    out = []
+    for name, model in EXTRA_MODELS.items():
+        folder = res / name
+        if not folder.is_dir():
+            continue
+        out += [f"## Extra model: {name} ({model.description}; licence {model.licence})", "",
+                "### STS-B dev layer sweeps", ""]
+        out += sweep_lines(sorted(folder.glob("sweep_stsb_dev_*.json")))
+        out += ["### STS (Spearman x100 of cosine vs gold; STS12-16 pooled 'all')", ""]
+        out += sts_tables(sorted(folder.glob("sts_*.json")))
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tp_rag_eval.report", description=__doc__)
     ap.add_argument("--results", type=Path, default=Path("eval/results"))
@@ -134,6 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines += beir_tables(sorted(res.glob("beir_*.json")))
     lines += ["## Retrieval ideas (settings chosen on train, scored on test)", ""]
     lines += ideas_lines(sorted(res.glob("**/ideas.json")))
+    lines += extra_model_lines(res)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

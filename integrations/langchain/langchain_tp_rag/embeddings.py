@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional, Union
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tp_rag import RETRIEVAL_PRESET, Encoder
+from tp_rag.centering import Centering, check_centering
 from tp_rag.encoder import ENCODER_SETTINGS, resolve_encoder
 
 PromptSpec = Union[str, list[str]]
@@ -31,6 +32,10 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
 
     ``embed_documents`` uses the document template, ``embed_query`` the query template. The
     async variants run the encoder in a worker thread, so the event loop is not blocked.
+
+    ``centering`` (a :class:`tp_rag.centering.Centering`, e.g. a tp-rag index's) centers each
+    side by its own mean and re-normalises, as the index does; :func:`to_langchain_faiss` sets
+    it, so a copied index scores as the index itself.
     """
 
     model_config = ConfigDict(
@@ -70,6 +75,11 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         "from a shared encoder's own batch size."
     )
     show_progress: bool = Field(False, description="Show a progress bar while embedding.")
+    centering: Optional[Centering] = Field(
+        None, exclude=True, repr=False,
+        description="Mean-centering statistics applied to the vectors (documents by the "
+        "document mean, queries by the query mean), e.g. a tp-rag index's.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -96,7 +106,13 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         data["encoder"] = encoder
         if data.get("batch_size") is None:
             data["batch_size"] = encoder.config.batch_size
+        check_centering(data.get("centering"), encoder.dim)
         return data
+
+    def with_centering(self, centering: Optional[Centering]) -> "TokenPrependingEmbeddings":
+        """A copy (same encoder and settings) that applies ``centering`` (None: no centering)."""
+        check_centering(centering, self.encoder.dim)
+        return self.model_copy(update={"centering": centering})
 
     # -- sync ---------------------------------------------------------------------------------
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -118,6 +134,11 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
 
     def _encode(self, texts, kind):
         assert self.encoder is not None
-        return self.encoder.encode(
+        vectors = self.encoder.encode(
             texts, kind=kind, batch_size=self.batch_size, show_progress=self.show_progress
         )
+        if self.centering is None or len(vectors) == 0:
+            return vectors
+        if kind == "query":
+            return self.centering.queries_centered(vectors)
+        return self.centering.documents_centered(vectors)

@@ -25,11 +25,15 @@ def to_langchain_faiss(
     LangChain's own positional ids, so everything LangChain does with the store (search with
     scores, ``add_texts``, ``delete``, ``save_local``) works, and the tp-rag index is left as
     it was. Documents keep their ids (``Document.id``) and metadata; scores are the same inner
-    products as ``index.search`` gives (cosines with normalised vectors).
+    products as ``index.search(..., mode="dense")`` gives: the stored vectors are copied as the
+    index holds them (mean-centered when the index centers), and the store's embeddings carry
+    the index's centering statistics, so queries and texts added later are centered alike.
 
     ``embeddings`` embeds the queries (and any texts added later); by default a
     :class:`TokenPrependingEmbeddings` sharing the index's encoder. One passed in must make
-    vectors in the index's space (``tp_rag.index.EncoderMismatchError`` otherwise).
+    vectors in the index's space (``tp_rag.index.EncoderMismatchError`` otherwise); without
+    centering of its own it is copied with the index's, and other centering statistics than
+    the index's are refused (``ValueError``).
 
     Indexes that keep only compressed vectors (IVF-PQ) cannot be copied exactly: a
     ``ValueError`` says so.
@@ -41,16 +45,22 @@ def to_langchain_faiss(
         from langchain_community.vectorstores.utils import DistanceStrategy
     import faiss
     from langchain_core.documents import Document
+    from tp_rag.centering import same_centering
     from tp_rag.index.compat import check_compatible
 
     if embeddings is None:
-        embeddings = TokenPrependingEmbeddings(encoder=index.encoder)
+        embeddings = TokenPrependingEmbeddings(encoder=index.encoder, centering=index.centering)
     elif not isinstance(embeddings, TokenPrependingEmbeddings):
         raise TypeError(
             f"embeddings must be TokenPrependingEmbeddings, got {type(embeddings).__name__}"
         )
     else:
         check_compatible(index.encoder_config, index.dim, embeddings.encoder)
+        if not same_centering(embeddings.centering, index.centering):
+            if embeddings.centering is not None:
+                raise ValueError("embeddings carry other centering statistics than the index; "
+                                 "pass embeddings without centering (the index's is used)")
+            embeddings = embeddings.with_centering(index.centering)
     ids, texts, metadatas = index.ids, index.texts, index.metadatas
     flat = faiss.IndexFlatIP(index.dim)
     if ids:
@@ -81,5 +91,5 @@ def stored_vectors(index: Any, ids: list[str]) -> np.ndarray:
             "vectors and cannot be copied exactly; export an index built with "
             "index_type='flat' or 'hnsw'"
         ) from None
-    # Centered indexes store centered vectors; the copy's queries are embedded plain.
-    return np.ascontiguousarray(index.uncentered(vectors), dtype=np.float32)
+    return np.ascontiguousarray(vectors, dtype=np.float32)  # as stored: centered if the index centers
+

@@ -76,3 +76,40 @@ def test_compressed_index_is_refused(tiny_encoder):
 def test_empty_index(tiny_encoder):
     li_index = to_llama_index(FaissIndex(tiny_encoder))
     assert li_index.as_retriever(similarity_top_k=2).retrieve("anything") == []
+
+
+MANY = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
+    ["cats", "dogs", "markets", "Paris", "rain", "chess", "rivers", "bread", "trains", "music"] * 2)]
+
+
+def centered_index(encoder):
+    index = FaissIndex.from_texts(MANY, encoder, checkpoint_dir=None, show_progress=False)
+    assert index.centering is not None  # enough texts to fit the means
+    return index
+
+
+def test_a_centered_index_scores_the_same_in_llama_index(tiny_encoder):
+    index = centered_index(tiny_encoder)
+    li_index = to_llama_index(index)
+    assert li_index._embed_model.centering is index.centering
+    for query in ["cats and dogs", "bread in Paris"]:
+        expected = index.search(query, k=5, mode="dense")
+        got = li_index.as_retriever(similarity_top_k=5).retrieve(query)
+        assert [n.node.node_id for n in got] == [h.id for h in expected]
+        np.testing.assert_allclose([n.score for n in got], [h.score for h in expected], atol=1e-5)
+
+
+def test_embed_model_gets_the_index_centering(tiny_encoder):
+    index = centered_index(tiny_encoder)
+    plain = TokenPrependingEmbedding(encoder=tiny_encoder, embed_batch_size=3)
+    model = to_llama_index(index, plain)._embed_model
+    assert model is not plain and plain.centering is None
+    assert model.centering is index.centering and model.embed_batch_size == 3
+    raw = np.array(plain.get_text_embedding_batch(MANY[:2]))
+    np.testing.assert_allclose(model.get_text_embedding_batch(MANY[:2]),
+                               index.centering.documents_centered(raw), atol=1e-6)
+    other = centered_index(tiny_encoder.replace(prompt="metaeol")).centering
+    with pytest.raises(ValueError, match="other centering"):
+        to_llama_index(index, plain.with_centering(other))
+    with pytest.raises(TypeError, match="Centering"):
+        TokenPrependingEmbedding(encoder=tiny_encoder, centering="no")

@@ -77,3 +77,59 @@ def test_empty_index(tiny_encoder):
     store = to_langchain_faiss(FaissIndex(tiny_encoder))
     assert store.index.ntotal == 0
     assert store.similarity_search("anything", k=3) == []
+
+
+MANY = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
+    ["cats", "dogs", "markets", "Paris", "rain", "chess", "rivers", "bread", "trains", "music"] * 2)]
+
+
+def centered_index(encoder):
+    index = FaissIndex.from_texts(MANY, encoder, checkpoint_dir=None, show_progress=False)
+    assert index.centering is not None  # enough texts to fit the means
+    return index
+
+
+def test_a_centered_index_scores_the_same_in_the_store(tiny_encoder):
+    index = centered_index(tiny_encoder)
+    store = to_langchain_faiss(index)
+    assert store.embeddings.centering is index.centering
+    for query in ["cats and dogs", "bread in Paris"]:
+        expected = index.search(query, k=5, mode="dense")
+        got = store.similarity_search_with_score(query, k=5)
+        assert [d.id for d, _ in got] == [h.id for h in expected]
+        np.testing.assert_allclose([s for _, s in got], [h.score for h in expected], atol=1e-5)
+    # a text added through LangChain is centered as the index would center it
+    store.add_texts([MANY[3]], ids=["again"])
+    np.testing.assert_allclose(store.index.reconstruct(len(MANY)),
+                               index.faiss_index.reconstruct(index.fid_of(index.ids[3])), atol=1e-5)
+
+
+def test_embeddings_get_the_index_centering(tiny_encoder):
+    index = centered_index(tiny_encoder)
+    plain = TokenPrependingEmbeddings(encoder=tiny_encoder, batch_size=3)
+    store = to_langchain_faiss(index, plain)
+    assert store.embeddings is not plain and plain.centering is None
+    assert store.embeddings.centering is index.centering and store.embeddings.batch_size == 3
+    other = centered_index(tiny_encoder.replace(prompt="metaeol")).centering
+    with pytest.raises(ValueError, match="other centering"):
+        to_langchain_faiss(index, plain.with_centering(other))
+
+
+def test_centering_changes_vectors_and_is_checked(tiny_encoder):
+    centering = centered_index(tiny_encoder).centering
+    plain = TokenPrependingEmbeddings(encoder=tiny_encoder)
+    centered = TokenPrependingEmbeddings(encoder=tiny_encoder, centering=centering)
+    raw = np.array(plain.embed_documents(MANY[:2]))
+    np.testing.assert_allclose(centered.embed_documents(MANY[:2]),
+                               centering.documents_centered(raw), atol=1e-6)
+    np.testing.assert_allclose(centered.embed_query("cats"),
+                               centering.queries_centered(np.array([plain.embed_query("cats")]))[0],
+                               atol=1e-6)
+    assert centered.embed_documents([]) == []
+    with pytest.raises(TypeError, match="Centering"):
+        TokenPrependingEmbeddings(encoder=tiny_encoder, centering=np.zeros(3))
+    from tp_rag.centering import Centering
+
+    wrong = Centering.fit(np.eye(4, dtype=np.float32)[:3])
+    with pytest.raises(ValueError, match="4-dimensional"):
+        TokenPrependingEmbeddings(encoder=tiny_encoder, centering=wrong)

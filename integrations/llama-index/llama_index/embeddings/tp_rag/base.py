@@ -8,6 +8,7 @@ from typing import Any, List, Literal, Optional, Union
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from tp_rag import RETRIEVAL_PRESET, Encoder
+from tp_rag.centering import Centering, check_centering
 from tp_rag.encoder import resolve_encoder
 
 PromptSpec = Union[str, List[str]]
@@ -57,6 +58,10 @@ class TokenPrependingEmbedding(BaseEmbedding):
 
     Queries are embedded with the query template, texts (nodes, documents) with the document
     template. The async methods run the encoder in a worker thread.
+
+    ``centering`` (a :class:`tp_rag.centering.Centering`, e.g. a tp-rag index's) centers each
+    side by its own mean and re-normalises, as the index does; :func:`to_llama_index` sets it,
+    so a copied index scores as the index itself. It is not serialised by ``to_dict()``.
     """
 
     model_name: str = Field(
@@ -94,8 +99,10 @@ class TokenPrependingEmbedding(BaseEmbedding):
     normalize: Optional[bool] = Field(default=None, description="L2-normalise the embeddings.")
 
     _encoder: Encoder = PrivateAttr()
+    _centering: Optional[Centering] = PrivateAttr(default=None)
 
-    def __init__(self, encoder: Optional[Encoder] = None, **kwargs: Any) -> None:
+    def __init__(self, encoder: Optional[Encoder] = None, centering: Optional[Centering] = None,
+                 **kwargs: Any) -> None:
         model = kwargs.pop("model", None)
         if model is not None:
             if kwargs.get("model_name"):
@@ -119,8 +126,10 @@ class TokenPrependingEmbedding(BaseEmbedding):
         kwargs["model_name"] = config.model
         if batch is None:  # BaseEmbedding allows at most 2048
             kwargs["embed_batch_size"] = min(config.batch_size, 2048)
+        check_centering(centering, encoder.dim)
         super().__init__(**kwargs)
         self._encoder = encoder
+        self._centering = centering
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _FIXED and getattr(self, "__pydantic_private__", None):
@@ -139,9 +148,25 @@ class TokenPrependingEmbedding(BaseEmbedding):
         """The tp_rag.Encoder behind this embedding model (shareable with other wrappers)."""
         return self._encoder
 
+    @property
+    def centering(self) -> Optional[Centering]:
+        """The mean-centering statistics applied to the vectors, or None."""
+        return self._centering
+
+    def with_centering(self, centering: Optional[Centering]) -> "TokenPrependingEmbedding":
+        """A copy (same encoder and settings) that applies ``centering`` (None: no centering)."""
+        check_centering(centering, self._encoder.dim)
+        copy = self.model_copy()
+        copy._centering = centering
+        return copy
+
     # -- sync ---------------------------------------------------------------------------------
     def _encode(self, texts: List[str], kind: str) -> List[Embedding]:
         vectors = self._encoder.encode(texts, kind=kind, batch_size=self.embed_batch_size)
+        if self._centering is not None and len(vectors):
+            center = (self._centering.queries_centered if kind == "query"
+                      else self._centering.documents_centered)
+            vectors = center(vectors)
         return vectors.tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:
