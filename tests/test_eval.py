@@ -243,3 +243,18 @@ def test_pairs_sample_is_seeded_and_keeps_pairs_aligned():
     assert all(a[1:] == b[1:] == str(int(g)) for a, b, g in zip(one.sent1, one.sent2, one.gold))
     assert one.gold == sorted(one.gold)  # file order kept
     assert pairs.sample(80) is pairs
+
+
+def test_report_has_a_section_per_extra_model(tmp_path):
+    """TABLES.md lists each extra model's sweeps and STS files from its own folder."""
+    from pathlib import Path
+
+    from tp_rag_eval.report import extra_model_lines
+
+    results = Path(__file__).resolve().parents[1] / "eval" / "results"
+    sweep = json.loads((results / "qwen2.5-coder-0.5b" / "sweep_stsb_dev_prompteol.json").read_text())
+    text = "\n".join(extra_model_lines(results))
+    assert "## Extra model: qwen2.5-coder-0.5b" in text and "Apache-2.0" in text
+    best = sweep["results"]["best"]["vanilla"]
+    assert f"- vanilla: {best['spearman']:.2f} at output layer {best['output_layer']}" in text
+    assert extra_model_lines(tmp_path) == []  # no folder, no section
