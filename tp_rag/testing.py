@@ -107,3 +107,18 @@ def tiny_encoder(arch: Arch = "llama", num_layers: int = 4, hidden: int = 32, **
     return Encoder.from_model(
         tiny_model(arch, num_layers, hidden), tiny_tokenizer(), EncoderConfig(**settings)
     )
+
+
+# Enough short texts for an index to fit its centering (tp_rag.index.core.MIN_CENTERING_DOCS).
+CENTERING_TEXTS = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
+    ["cats", "dogs", "markets", "Paris", "rain", "chess", "rivers", "bread", "trains", "music"] * 2)]
+
+
+def centered_index(encoder, texts=CENTERING_TEXTS):
+    """A flat :class:`~tp_rag.index.FaissIndex` over ``texts`` with its centering fitted."""
+    from tp_rag.index import FaissIndex
+
+    index = FaissIndex.from_texts(list(texts), encoder, checkpoint_dir=None, show_progress=False)
+    if index.centering is None:
+        raise ValueError(f"{len(texts)} texts are too few for the index to fit its centering")
+    return index

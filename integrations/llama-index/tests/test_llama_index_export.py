@@ -11,6 +11,7 @@ from llama_index.vector_stores.faiss import FaissVectorStore  # noqa: E402
 from tp_rag.index import EncoderMismatchError, FaissIndex  # noqa: E402
 
 from llama_index.embeddings.tp_rag import TokenPrependingEmbedding, to_llama_index  # noqa: E402
+from tp_rag.testing import CENTERING_TEXTS, centered_index  # noqa: E402
 
 TEXTS = ["Cats sleep on the sofa.", "The stock market fell sharply today.",
          "Paris is in France.", "Dogs run in the park."]
@@ -78,16 +79,6 @@ def test_empty_index(tiny_encoder):
     assert li_index.as_retriever(similarity_top_k=2).retrieve("anything") == []
 
 
-MANY = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
-    ["cats", "dogs", "markets", "Paris", "rain", "chess", "rivers", "bread", "trains", "music"] * 2)]
-
-
-def centered_index(encoder):
-    index = FaissIndex.from_texts(MANY, encoder, checkpoint_dir=None, show_progress=False)
-    assert index.centering is not None  # enough texts to fit the means
-    return index
-
-
 def test_a_centered_index_scores_the_same_in_llama_index(tiny_encoder):
     index = centered_index(tiny_encoder)
     li_index = to_llama_index(index)
@@ -105,8 +96,8 @@ def test_embed_model_gets_the_index_centering(tiny_encoder):
     model = to_llama_index(index, plain)._embed_model
     assert model is not plain and plain.centering is None
     assert model.centering is index.centering and model.embed_batch_size == 3
-    raw = np.array(plain.get_text_embedding_batch(MANY[:2]))
-    np.testing.assert_allclose(model.get_text_embedding_batch(MANY[:2]),
+    raw = np.array(plain.get_text_embedding_batch(CENTERING_TEXTS[:2]))
+    np.testing.assert_allclose(model.get_text_embedding_batch(CENTERING_TEXTS[:2]),
                                index.centering.documents_centered(raw), atol=1e-6)
     other = centered_index(tiny_encoder.replace(prompt="metaeol")).centering
     with pytest.raises(ValueError, match="other centering"):

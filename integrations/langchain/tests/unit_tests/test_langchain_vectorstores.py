@@ -9,6 +9,7 @@ pytest.importorskip("langchain_community")
 from tp_rag.index import EncoderMismatchError, FaissIndex  # noqa: E402
 
 from langchain_tp_rag import TokenPrependingEmbeddings, to_langchain_faiss  # noqa: E402
+from tp_rag.testing import CENTERING_TEXTS, centered_index  # noqa: E402
 
 TEXTS = ["Cats sleep on the sofa.", "The stock market fell sharply today.",
          "Paris is in France.", "Dogs run in the park."]
@@ -79,16 +80,6 @@ def test_empty_index(tiny_encoder):
     assert store.similarity_search("anything", k=3) == []
 
 
-MANY = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
-    ["cats", "dogs", "markets", "Paris", "rain", "chess", "rivers", "bread", "trains", "music"] * 2)]
-
-
-def centered_index(encoder):
-    index = FaissIndex.from_texts(MANY, encoder, checkpoint_dir=None, show_progress=False)
-    assert index.centering is not None  # enough texts to fit the means
-    return index
-
-
 def test_a_centered_index_scores_the_same_in_the_store(tiny_encoder):
     index = centered_index(tiny_encoder)
     store = to_langchain_faiss(index)
@@ -99,8 +90,8 @@ def test_a_centered_index_scores_the_same_in_the_store(tiny_encoder):
         assert [d.id for d, _ in got] == [h.id for h in expected]
         np.testing.assert_allclose([s for _, s in got], [h.score for h in expected], atol=1e-5)
     # a text added through LangChain is centered as the index would center it
-    store.add_texts([MANY[3]], ids=["again"])
-    np.testing.assert_allclose(store.index.reconstruct(len(MANY)),
+    store.add_texts([CENTERING_TEXTS[3]], ids=["again"])
+    np.testing.assert_allclose(store.index.reconstruct(len(CENTERING_TEXTS)),
                                index.faiss_index.reconstruct(index.fid_of(index.ids[3])), atol=1e-5)
 
 
@@ -119,8 +110,8 @@ def test_centering_changes_vectors_and_is_checked(tiny_encoder):
     centering = centered_index(tiny_encoder).centering
     plain = TokenPrependingEmbeddings(encoder=tiny_encoder)
     centered = TokenPrependingEmbeddings(encoder=tiny_encoder, centering=centering)
-    raw = np.array(plain.embed_documents(MANY[:2]))
-    np.testing.assert_allclose(centered.embed_documents(MANY[:2]),
+    raw = np.array(plain.embed_documents(CENTERING_TEXTS[:2]))
+    np.testing.assert_allclose(centered.embed_documents(CENTERING_TEXTS[:2]),
                                centering.documents_centered(raw), atol=1e-6)
     np.testing.assert_allclose(centered.embed_query("cats"),
                                centering.queries_centered(np.array([plain.embed_query("cats")]))[0],
