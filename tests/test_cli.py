@@ -78,7 +78,7 @@ def test_search_table_and_json(built):
     result = invoke("search", built, "How tall is Mount Everest?", "-k", "3", "--width", "100")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "query: How tall is Mount Everest?  [mode hybrid, fusion weighted, alpha 0.4]"
+    assert lines[0] == "query: How tall is Mount Everest?  [mode hybrid, fusion weighted, alpha 0.25]"
     assert lines[1].split() == ["#", "score", "id", "text"]
     assert len(lines) == 6 and all(len(line) <= 100 for line in lines)
 

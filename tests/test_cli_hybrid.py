@@ -43,8 +43,8 @@ def test_hybrid_table(built, index):
                     "--width", "100")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    # The default fusion: weighted, alpha 0.4 (chosen on SciFact train).
-    assert lines[0] == "query: Mount Everest height  [mode hybrid, fusion weighted, alpha 0.4]"
+    # The default fusion: weighted, alpha 0.25 (chosen on SciFact train).
+    assert lines[0] == "query: Mount Everest height  [mode hybrid, fusion weighted, alpha 0.25]"
     assert lines[1].split() == ["#", "score", "id", "text"]
     expected = index.search("Mount Everest height", k=3, mode="hybrid")
     rows = [line.split()[:3] for line in lines[3:]]

@@ -56,3 +56,12 @@ def test_systems_are_scored_and_layers_chosen_on_train(tmp_path, monkeypatch):
         assert 0 <= row["test"]["ndcg10"] <= 100 and 0 <= row["train_ndcg10"] <= 100
     assert rows["tp"]["vectors"] > len(data.documents)  # long documents were split
     assert rag_systems.LABELS["tp-mean"] in rag_systems.markdown(rows, data.description)
+
+
+def test_render_rewrites_the_table_from_the_results(tmp_path):
+    rows = {"bm25": {"setting": {"bm25": "bm25s"}, "train_ndcg10": 70.0, "vectors": 0, "index_bytes": 9,
+                     "test": {"ndcg10": 68.5, "recall10": 80.0, "recall100": 91.25}}}
+    (tmp_path / "results.json").write_text(json.dumps({"settings": {}, "results": rows}))
+    assert rag_default.main(["--out", str(tmp_path), "--render"]) == 0
+    table = (tmp_path / "TABLE.md").read_text()
+    assert "test Recall@100" in table and "| 68.50 | 80.00 | 91.25 | 0 | 9 |" in table

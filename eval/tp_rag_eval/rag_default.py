@@ -108,7 +108,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stage", choices=["encode", "all"], default="all")
     parser.add_argument("--systems", nargs="+", default=None)
     parser.add_argument("--no-timing", action="store_true", help="skip the encode-time sample")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite <out>/TABLE.md from <out>/results.json")
     args = parser.parse_args(argv)
+    if args.render:
+        from tp_rag_eval import rag_systems
+
+        record = json.loads((args.out / "results.json").read_text())
+        (args.out / "TABLE.md").write_text(rag_systems.markdown(record["results"], record["settings"]))
+        return 0
     if args.threads:
         import torch
 

@@ -340,7 +340,8 @@ LABELS = {
 
 def markdown(results: dict, description: dict) -> str:
     lines = ["| system | setting (chosen on train) | train nDCG@10 | test nDCG@10 | test Recall@10 "
-             "| vectors | index bytes | encode ms / doc |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| test Recall@100 | vectors | index bytes | encode ms / doc |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in ["bm25", "minilm", "vanilla", "vanilla-mean", "echo", "tp-whole", "tp-o0", "tp-last",
                  "tp-layers", "tp-mean", "tp", "tp-no-flags", "hybrid"]:
         row = results.get(name)
@@ -349,6 +350,7 @@ def markdown(results: dict, description: dict) -> str:
         setting = ", ".join(f"{k} {v}" for k, v in row["setting"].items() if v is not None)
         ms = row.get("ms_per_doc")
         lines.append(f"| {LABELS[name]} | {setting} | {row['train_ndcg10']:.2f} | "
-                     f"{row['test']['ndcg10']:.2f} | {row['test']['recall10']:.2f} | {row['vectors']} | "
+                     f"{row['test']['ndcg10']:.2f} | {row['test']['recall10']:.2f} | "
+                     f"{row['test']['recall100']:.2f} | {row['vectors']} | "
                      f"{row['index_bytes']} | {'' if ms is None else f'{ms:.0f}'} |")
     return "\n".join(lines) + "\n"
