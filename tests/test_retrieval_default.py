@@ -305,7 +305,7 @@ def test_llama_index_retriever_returns_documents(encoder):
     assert "flux" in nodes[0].node.text and nodes[0].node.metadata["passage"]["index"] >= 1
 
 
-def test_langchain_export_of_a_centered_index_keeps_plain_cosines(model_dir):
+def test_langchain_export_of_a_centered_index_scores_as_the_index(model_dir):
     pytest.importorskip("langchain_community")
     from langchain_tp_rag import TokenPrependingEmbeddings, to_langchain_faiss
 
@@ -314,10 +314,12 @@ def test_langchain_export_of_a_centered_index_keeps_plain_cosines(model_dir):
     index = FaissIndex.build(corpus(), encoder, checkpoint_dir=None, passages=None)
     assert index.centering is not None
     store = to_langchain_faiss(index, TokenPrependingEmbeddings(encoder=encoder))
-    _, score = store.similarity_search_with_score("guitar", k=1)[0]
+    doc, score = store.similarity_search_with_score("guitar", k=1)[0]
+    best = index.search("guitar", k=1, mode="dense", passages=True)[0]
+    assert (doc.id, score) == (best.id, pytest.approx(best.score, abs=1e-5))
     raw = encoder.encode_documents([index.get(i).embedding_text for i in index.ids])
     query = encoder.encode_queries(["guitar"])[0]
-    assert score == pytest.approx(float((raw @ query).max()), abs=1e-4)
+    assert abs(score - float((raw @ query).max())) > 1e-3  # centered, not the plain cosine
 
 
 # -- the bundled model -------------------------------------------------------------------------------
