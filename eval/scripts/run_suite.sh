@@ -42,9 +42,17 @@ for p in prompteol pretended_cot; do
     $PY -m tp_rag_eval.transfer --prompt $p --mode both --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_${p}_trec_limit1500.json
 done
 
-step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra)"
-$PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 300 --seed 0 --tp-exits 3 5 7 \
-    --batch-size 64 --out-dir $R/qwen2.5-coder-0.5b
+step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra): dev sweep on 500 pairs, STS test, classification"
+Q=$R/qwen2.5-coder-0.5b
+$PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 500 --seed 0 \
+    --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --overwrite --out-dir $Q
+$PY -m tp_rag_eval.sts --model qwen2.5-coder-0.5b --prompt prompteol --mode both --from-sweep $Q \
+    --batch-size 64 --dtype float32 --out $Q/sts_prompteol.json
+for m in vanilla tp; do  # one file per mode (they ran in parallel, one per core)
+    QA=(--model qwen2.5-coder-0.5b --prompt prompteol --from-sweep $Q --batch-size 64 --dtype float32 --mode $m)
+    $PY -m tp_rag_eval.transfer "${QA[@]}" --limit 500 --tasks "${T[@]}" --out $Q/transfer_prompteol_${m}_limit500.json
+    $PY -m tp_rag_eval.transfer "${QA[@]}" --limit 1500 --tasks TREC --out $Q/transfer_prompteol_${m}_trec_limit1500.json
+done
 
 step "SciFact: full-corpus layer grids (choices on qrels/train.tsv) and the ideas table"
 G=$R/grid_scifact
@@ -69,10 +77,13 @@ view no_title_256 --no-title
 view chunk150_max --chunk-words 150 --chunk-agg max
 view chunk150_mean --chunk-words 150 --chunk-agg mean
 
-step "The default RAG path on a 400-document SciFact subset (sets the retrieval pooling, layer and fusion)"
+step "The default RAG path on a 400-document SciFact subset (sets the retrieval pooling and layer)"
 (cd eval && $PY -m tp_rag_eval.rag_default --docs 400 --train-queries 60 --test-queries 60 --threads 1 \
     --systems tp tp-last tp-mean echo tp-layers vanilla-mean vanilla minilm pseudo \
     --out ../eval/results/rag_default_400_pooling)
+
+step "The default RAG path on the full SciFact corpus (sets the fusion default; the goals of issue 11)"
+(cd eval && $PY -m tp_rag_eval.rag_default --threads 1 --systems tp pseudo minilm --out ../eval/results/rag_default_full)
 
 step "tp-rag tune, as documented in the README"
 mkdir -p $R/tune
