@@ -41,6 +41,10 @@ for p in prompteol pretended_cot; do
     $PY -m tp_rag_eval.transfer --prompt $p --mode both --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --dtype float32 --out $R/transfer_${p}_limit500.json
     $PY -m tp_rag_eval.transfer --prompt $p --mode both --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_${p}_trec_limit1500.json
 done
+for m in vanilla tp; do  # Knowledge Enhancement: one file per mode (they ran in parallel)
+    $PY -m tp_rag_eval.transfer --prompt knowledge --mode $m --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --dtype float32 --out $R/transfer_knowledge_${m}_limit500.json
+    $PY -m tp_rag_eval.transfer --prompt knowledge --mode $m --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_knowledge_${m}_trec_limit1500.json
+done
 
 step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra): dev sweep on 500 pairs, STS test, classification"
 Q=$R/qwen2.5-coder-0.5b
