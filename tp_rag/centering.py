@@ -106,6 +106,13 @@ class Centering:
     def queries_centered(self, vectors: np.ndarray) -> np.ndarray:
         return _unit(_unit(self._check(vectors)) - self.query_mean)
 
+    def centered(self, vectors: np.ndarray, kind: str) -> np.ndarray:
+        """``vectors`` centered as ``kind`` says: by the query mean for ``"query"``, else by the
+        document mean (empty input is returned as it is)."""
+        if len(vectors) == 0:
+            return vectors
+        return self.queries_centered(vectors) if kind == "query" else self.documents_centered(vectors)
+
     def uncenter_documents(self, centered: np.ndarray) -> np.ndarray:
         """The unit vectors whose centered form is ``centered`` (see the module docstring)."""
         y = _unit(self._check(centered)).astype(np.float64)

@@ -137,8 +137,4 @@ class TokenPrependingEmbeddings(BaseModel, Embeddings):
         vectors = self.encoder.encode(
             texts, kind=kind, batch_size=self.batch_size, show_progress=self.show_progress
         )
-        if self.centering is None or len(vectors) == 0:
-            return vectors
-        if kind == "query":
-            return self.centering.queries_centered(vectors)
-        return self.centering.documents_centered(vectors)
+        return vectors if self.centering is None else self.centering.centered(vectors, kind)

@@ -163,10 +163,8 @@ class TokenPrependingEmbedding(BaseEmbedding):
     # -- sync ---------------------------------------------------------------------------------
     def _encode(self, texts: List[str], kind: str) -> List[Embedding]:
         vectors = self._encoder.encode(texts, kind=kind, batch_size=self.embed_batch_size)
-        if self._centering is not None and len(vectors):
-            center = (self._centering.queries_centered if kind == "query"
-                      else self._centering.documents_centered)
-            vectors = center(vectors)
+        if self._centering is not None:
+            vectors = self._centering.centered(vectors, kind)
         return vectors.tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:
