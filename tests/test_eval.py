@@ -199,6 +199,22 @@ def test_default_preset_is_the_committed_dev_sweeps_choice():
     assert preset.get("preprocess", False) == sweep["settings"]["preprocess"]
 
 
+def test_metaeol_preset_is_the_committed_metaeol_sweeps_choice():
+    """gemma-3-270m-metaeol is the best TP row of the committed MetaEOL dev sweep (a seeded
+    sample, fp32), with the sweep's preprocessing."""
+    from tp_rag.presets import PRESETS
+    from tp_rag_eval.common import RESULTS_DIR
+
+    sweep = json.loads((RESULTS_DIR / "sweep_stsb_dev_metaeol.json").read_text())
+    assert sweep["settings"]["prompt"] == "metaeol" and sweep["settings"]["dtype"] == "float32"
+    best, preset = sweep["results"]["best"]["tp"], PRESETS["gemma-3-270m-metaeol"]
+    assert (preset["prompt"], preset["tp_start"], preset["tp_exit"]) == ("metaeol", best["tp_start"], best["tp_exit"])
+    depth = len(sweep["results"]["grid"]["vanilla"]["spearman_by_layer"])
+    assert preset["output_layer"] % (depth + 1) == best["output_layer"]
+    assert preset["preprocess"] == sweep["settings"]["preprocess"]
+    assert best["spearman"] > sweep["results"]["best"]["vanilla"]["spearman"]
+
+
 def test_retrieval_preset_is_the_committed_train_choice():
     """gemma-3-270m-retrieval: prompts and TP sides from the dense idea with the best SciFact
     *train* nDCG@10 of the full grid; pooling and output layer from the best train row, among

@@ -16,6 +16,8 @@ step "English STS-B dev layer sweeps, one per family (the best TP row sets the g
 $PY -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 --batch-size 64 --out-dir $R
 $PY -m tp_rag_eval.sweep --prompt pretended_cot --tp-exits 4 5 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
 $PY -m tp_rag_eval.sweep --prompt knowledge --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
+# MetaEOL on a seeded 500 pairs (8 templates: ~14x PromptEOL's cost); sets gemma-3-270m-metaeol
+$PY -m tp_rag_eval.sweep --prompt metaeol --tp-exits 4 5 3 6 2 7 8 9 10 --sample 500 --seed 0 --dtype float32 --batch-size 64 --out-dir $R
 
 step "STS test sets"
 $PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS12 --out $R/sts_minilm.json
@@ -87,7 +89,7 @@ step "The default RAG path on a 400-document SciFact subset (sets the retrieval 
     --out ../eval/results/rag_default_400_pooling)
 
 step "The default RAG path on the full SciFact corpus (sets the fusion default; the goals of issue 11)"
-(cd eval && $PY -m tp_rag_eval.rag_default --threads 1 --systems tp pseudo minilm --out ../eval/results/rag_default_full)
+(cd eval && $PY -m tp_rag_eval.rag_default --threads 1 --systems tp pseudo minilm vanilla-mean --out ../eval/results/rag_default_full)
 
 step "tp-rag tune, as documented in the README"
 mkdir -p $R/tune
