@@ -299,4 +299,5 @@ def test_prefix_cache_record(tiny):
         _check_summary(res["summary"], ["whole_rows", "prefix_cache"], "whole_rows")
     knowledge, eol = rec["per_prompt"]["knowledge"], rec["per_prompt"]["prompteol"]
     assert sum(knowledge["prefix_tokens"]) > sum(eol["prefix_tokens"])
+    assert eol["cpu_vs_prompteol"] == 1.0 and knowledge["cpu_vs_prompteol"] > 0
     json.dumps(rec)

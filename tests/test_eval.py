@@ -277,3 +277,13 @@ def test_report_has_a_section_per_extra_model(tmp_path):
     best = sweep["results"]["best"]["vanilla"]
     assert f"- vanilla: {best['spearman']:.2f} at output layer {best['output_layer']}" in text
     assert extra_model_lines(tmp_path) == []  # no folder, no section
+
+
+def test_result_records_name_the_cpu(monkeypatch):
+    """Every result file says which CPU it came from (speeds and dtype="auto" depend on it)."""
+    from tp_rag_eval import common
+
+    monkeypatch.setattr("tp_rag_eval.bench.common.cpu_model", lambda: "Test CPU (family 1 model 2)")
+    record = common.run_record("x", {}, None)
+    assert record["machine"]["cpu"] == "Test CPU (family 1 model 2)"
+    assert isinstance(record["machine"]["cpu_flags"], list) and record["machine"]["torch_threads"] >= 1

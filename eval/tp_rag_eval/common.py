@@ -74,12 +74,23 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def machine() -> dict[str, Any]:
+    """The CPU a result came from: speeds, and the precision ``dtype="auto"`` picks, depend on it."""
+    import torch
+
+    from tp_rag_eval.bench.common import cpu_flags, cpu_model
+
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
 def run_record(kind: str, settings: dict[str, Any], results: Any, **extra) -> dict[str, Any]:
     return {
         "kind": kind,
         "date": now_utc(),
         "command": command_line(),
         "versions": versions(),
+        "machine": machine(),
         "settings": settings,
         **extra,
         "results": results,

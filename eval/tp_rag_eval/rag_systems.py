@@ -244,7 +244,9 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
     rows.update(keyword_rows(rows, splits))
     for row in rows.values():
         row.pop("_index", None), row.pop("_view", None)
-    timed = encode_ms(data, encoders, [n for n in rows if n not in ("bm25", "hybrid", "tp-no-flags")]) if timing else {}
+    timed_names = [n for n in rows if n not in ("bm25", "hybrid", "tp-no-flags")]
+    layers = {n: rows[n]["setting"]["output_layer"] for n in timed_names if n in LAYER_VIEWS}
+    timed = encode_ms(data, encoders, timed_names, layers) if timing else {}
     for name, ms in timed.items():
         rows[name]["ms_per_doc"] = ms
     for name in ("hybrid", "tp-no-flags"):
@@ -261,9 +263,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 TIMED_DOCS = 8
 
 
-def encode_ms(data, encoders: dict, names: Sequence[str]) -> dict:
+def encode_ms(data, encoders: dict, names: Sequence[str], layers: Optional[dict] = None) -> dict:
     """Milliseconds per document to embed the first TIMED_DOCS documents (their passages for
-    passage views), uncached, in this process: wall time on a shared machine, so noisy."""
+    passage views), uncached, in this process: wall time on a shared machine, so noisy.
+    ``layers``: the output layer each layer system chose on train, which it is timed at (early
+    exit makes a shallower layer cheaper)."""
     from tp_rag_eval.rag_default import passages
 
     docs = data.documents[:TIMED_DOCS]
@@ -273,8 +277,10 @@ def encode_ms(data, encoders: dict, names: Sequence[str]) -> dict:
         if name in VIEWS or name in LAYER_VIEWS:
             key, tokens, overlap, split = VIEWS.get(name) or (LAYER_VIEWS[name], None, DEFAULT_OVERLAP, True)
             views = passages(docs, encoders[key], tokens, overlap, split)
-            # layer systems: timed at the preset's output layer, not the one chosen on train
-            encoders[key].encode_documents([p.embedding_text for p in views], show_progress=False)
+            encoder = encoders[key]
+            if name in (layers or {}):
+                encoder = encoder.replace(output_layer=layers[name])
+            encoder.encode_documents([p.embedding_text for p in views], show_progress=False)
         elif name == "echo":
             from tp_rag_eval.echo import EchoEncoder
 

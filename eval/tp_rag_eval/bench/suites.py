@@ -484,10 +484,11 @@ def bench_construct(loaded: LoadedModel, base: EncoderConfig, reps: int = 3) -> 
 
 # -- Template prefix cache ------------------------------------------------------------------------
 def bench_prefix_cache(loaded: LoadedModel, base: EncoderConfig, texts: Sequence[str],
-                       prompts: Sequence[str] = ("prompteol", "knowledge", "metaeol"),
+                       prompts: Sequence[str] = ("prompteol", "pretended_cot", "knowledge", "metaeol"),
                        reps: int = 3) -> dict:
     """Per prompt family: the encoder as shipped (each template's text-independent prefix run
-    once, its key/value states reused by every row) against whole rows, same texts."""
+    once, its key/value states reused by every row) against whole rows, same texts; and each
+    family's shipped time relative to the first family's (the cost of choosing a family)."""
     results = {}
     for prompt in prompts:
         plain = make_encoder(loaded, base, prompt=prompt)
@@ -506,4 +507,7 @@ def bench_prefix_cache(loaded: LoadedModel, base: EncoderConfig, texts: Sequence
             "vectors": _vector_diff(vectors["whole_rows"], vectors["prefix_cache"]),
             "timing_raw": timing,
         }
+    first = results[prompts[0]]["summary"]["cpu_s"]["prefix_cache"]["median"]
+    for r in results.values():  # medians of separate interleavings in one process
+        r["cpu_vs_" + prompts[0]] = r["summary"]["cpu_s"]["prefix_cache"]["median"] / first
     return rounded({"n_texts": len(texts), "per_prompt": results}, 6)
