@@ -131,7 +131,9 @@ def heatmap(record: dict, path: Path) -> None:
                     color="black" if v > lo + 0.6 * (hi - lo) else "white",
                     fontweight="bold" if v == data[i].max() else "normal")
     s = record["settings"]
-    ax.set_title(f"STS-B dev Spearman x100, {s.get('model')}, {s.get('prompt')}"
+    scope = (f", seeded {s['sample']} pairs (seed {s.get('seed')})" if s.get("sample")
+             else f", first {s['limit']} pairs" if s.get("limit") else "")
+    ax.set_title(f"STS-B dev Spearman x100{scope}, {s.get('model')}, {s.get('prompt')}"
                  f"{', preprocess' if s.get('preprocess') else ''}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.025)
     fig.tight_layout()
