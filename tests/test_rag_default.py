@@ -65,3 +65,23 @@ def test_render_rewrites_the_table_from_the_results(tmp_path):
     assert rag_default.main(["--out", str(tmp_path), "--render"]) == 0
     table = (tmp_path / "TABLE.md").read_text()
     assert "test Recall@100" in table and "| 68.50 | 80.00 | 91.25 | 0 | 9 |" in table
+
+
+def test_encode_times_warm_up_and_cover_every_timed_system(tmp_path, monkeypatch):
+    monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
+        document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
+        max_length=48, batch_size=4, **o))
+    data = rag_default.load_data(beir_folder(tmp_path / "beir"), docs=None, train_queries=None,
+                                 test_queries=None)
+    encoders = rag_systems._encoders()
+    calls = []
+    real = type(encoders["tp"]).encode_documents
+    monkeypatch.setattr(type(encoders["tp"]), "encode_documents",
+                        lambda self, texts, **kw: calls.append(self.output_layer) or real(self, texts, **kw))
+    ms = rag_systems.encode_ms(data, encoders, ["tp", "vanilla-mean"], {"vanilla-mean": 2})
+    assert set(ms) == {"tp", "vanilla-mean"} and all(v > 0 for v in ms.values())
+    # one warm-up plus TIMED_ROUNDS timed calls each; the layer system runs at its chosen layer
+    assert len(calls) == 2 * (1 + rag_systems.TIMED_ROUNDS)
+    assert calls.count(2) == 1 + rag_systems.TIMED_ROUNDS
+    with pytest.raises(ValueError, match="no encode-time recipe"):
+        rag_systems.encode_ms(data, encoders, ["bm25"])
