@@ -20,10 +20,11 @@ PRESETS: dict[str, dict] = {
         model=BUNDLED_MODEL, prompt="pretended_cot", tp_start=1, tp_exit=4, output_layer=-1,
         preprocess=True,
     ),
-    # The most accurate sentence setting measured on the bundled model, at about 14x the
-    # default's encode time (eight templates; eval/bench prefix-cache): MetaEOL, TP 1..5, last
-    # layer, 76.62 on a seeded 500-pair sample of STS-B dev (vanilla 73.50; on the same pairs the
-    # default's Pretended CoT TP 1..4 gives 74.24). A sample, so not the default.
+    # The best dev setting measured on the bundled model, at about 8x the default's encode
+    # time (eight templates; eval/bench prefix-cache): MetaEOL, TP 1..5, last layer, 76.62 on a
+    # seeded 500-pair sample of STS-B dev (vanilla 73.50; on the same pairs the default's
+    # Pretended CoT TP 1..4 gives 74.24). Not the default: a sample, and on the STS test sets
+    # it is 0.2 below the default on average (eval/results/sts_metaeol.json).
     "gemma-3-270m-metaeol": dict(
         model=BUNDLED_MODEL, prompt="metaeol", tp_start=1, tp_exit=5, output_layer=-1,
         preprocess=True,

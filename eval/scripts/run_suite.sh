@@ -16,7 +16,7 @@ step "English STS-B dev layer sweeps, one per family (the best TP row sets the g
 $PY -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 --batch-size 64 --out-dir $R
 $PY -m tp_rag_eval.sweep --prompt pretended_cot --tp-exits 4 5 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
 $PY -m tp_rag_eval.sweep --prompt knowledge --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --out-dir $R
-# MetaEOL on a seeded 500 pairs (8 templates: ~14x PromptEOL's cost); sets gemma-3-270m-metaeol
+# MetaEOL on a seeded 500 pairs (8 templates: ~9x PromptEOL's cost); sets gemma-3-270m-metaeol
 $PY -m tp_rag_eval.sweep --prompt metaeol --tp-exits 4 5 3 6 2 7 8 9 10 --sample 500 --seed 0 --dtype float32 --batch-size 64 --out-dir $R
 
 step "STS test sets"
@@ -24,6 +24,8 @@ $PY -m tp_rag_eval.sts --only-minilm --tasks STSB-dev STSB-test SICK-R-test STS1
 for p in prompteol pretended_cot knowledge; do
     $PY -m tp_rag_eval.sts --prompt $p --mode both --from-sweep $R --batch-size 64 --out $R/sts_$p.json
 done
+# MetaEOL: about two hours per mode here (8 templates); its layers from the seeded 500-pair sweep
+$PY -m tp_rag_eval.sts --prompt metaeol --mode both --from-sweep $R --batch-size 64 --dtype float32 --out $R/sts_metaeol.json
 
 step "Ablation on a seeded 300-pair dev sample"
 E=$($PY -c "import json; print(json.load(open('$R/sweep_stsb_dev_prompteol.json'))['results']['best']['tp']['tp_exit'])")
