@@ -85,3 +85,31 @@ def test_encode_times_warm_up_and_cover_every_timed_system(tmp_path, monkeypatch
     assert calls.count(2) == 1 + rag_systems.TIMED_ROUNDS
     with pytest.raises(ValueError, match="no encode-time recipe"):
         rag_systems.encode_ms(data, encoders, ["bm25"])
+
+
+def test_add_scores_new_systems_into_an_earlier_run_and_retimes_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
+        document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
+        max_length=48, batch_size=4, **o))
+    (tmp_path / "data" / "beir").mkdir(parents=True)
+    beir_folder(tmp_path / "data" / "beir" / "scifact")
+    out = tmp_path / "out"
+    common = ["--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert rag_default.main(common + ["--systems", "tp"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert rag_default.main(common + ["--systems", "vanilla-mean", "--add"]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert set(merged["results"]) == set(first["results"]) | {"vanilla-mean"}
+    for name in ("tp", "bm25", "hybrid", "tp-no-flags"):  # earlier rows kept as scored
+        assert merged["results"][name]["test"] == first["results"][name]["test"]
+    assert merged["settings"]["systems"] == ["tp", "vanilla-mean"]
+    assert merged["earlier_runs"][0]["command"] == first["command"]
+    assert merged["earlier_runs"][0]["systems"] == ["tp"]
+    timed = {n: r.get("ms_per_doc") for n, r in merged["results"].items() if n != "bm25"}
+    assert all(ms and ms > 0 for ms in timed.values()), timed
+    assert timed["hybrid"] == timed["tp"] == timed["tp-no-flags"]
+    assert "PromptEOL vanilla with mean pooling" in (out / "TABLE.md").read_text()
+    with pytest.raises(SystemExit, match="other data"):
+        rag_default.main(common + ["--systems", "vanilla-mean", "--add", "--test-queries", "1"])
+    with pytest.raises(SystemExit, match="no earlier run"):
+        rag_default.main(common[:-1] + [str(tmp_path / "none"), "--systems", "tp", "--add"])

@@ -110,7 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-timing", action="store_true", help="skip the encode-time sample")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite <out>/TABLE.md from <out>/results.json")
+    parser.add_argument("--add", action="store_true",
+                        help="score only --systems and add their rows to <out>/results.json, keeping "
+                             "the other rows; every row's encode time is measured again in this run")
     args = parser.parse_args(argv)
+    if args.add and (not args.systems or args.stage != "all" or args.render):
+        parser.error("--add needs --systems, and scores them (no --stage encode, no --render)")
     if args.render:
         from tp_rag_eval import rag_systems
 
@@ -127,13 +132,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      args.train_queries, args.test_queries, args.seed)
     cache = args.cache_dir or default_cache_dir() / "embeddings"
     print(json.dumps(data.description), flush=True)
+    earlier = _earlier_run(args.out, data.description) if args.add else None
     results = rag_systems.run(data, cache, args.systems, encode_only=args.stage == "encode",
-                              timing=not args.no_timing)
-    if args.stage == "all":
+                              timing=not args.no_timing and not args.add)
+    if earlier is not None:
+        results = {**earlier["results"], **results}
+        if not args.no_timing:
+            rag_systems.time_rows(data, rag_systems._encoders(), results)
+        systems = list(dict.fromkeys(earlier["settings"]["systems"] + args.systems))
+        runs = earlier.get("earlier_runs", []) + [
+            {k: earlier.get(k) for k in ("date", "command", "machine")}
+            | {"systems": earlier["settings"]["systems"], "git_commit": earlier["versions"].get("git_commit")}]
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "results.json", run_record(
+            "rag-default", {**vars(args), **data.description, "systems": systems}, results,
+            earlier_runs=runs))
+        (args.out / "TABLE.md").write_text(rag_systems.markdown(results, data.description))
+    elif args.stage == "all":
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "results.json", run_record("rag-default", {**vars(args), **data.description}, results))
         (args.out / "TABLE.md").write_text(rag_systems.markdown(results, data.description))
     return 0
+
+
+def _earlier_run(out: Path, description: dict) -> dict:
+    """The record that ``--add`` extends, refused unless it scored the same documents and
+    queries (its rows and the new ones must be comparable)."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--add: no earlier run at {path}; run without --add first")
+    record = json.loads(path.read_text())
+    keys = ("corpus", "documents", "train_queries", "test_queries", "seed")
+    mismatched = [k for k in keys if record["settings"].get(k) != description.get(k)]
+    if mismatched:
+        raise SystemExit(f"--add: {path} was scored on other data ({', '.join(mismatched)} differ); "
+                         "use the same --docs/--train-queries/--test-queries/--seed")
+    return record
 
 
 if __name__ == "__main__":

@@ -244,15 +244,24 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
     rows.update(keyword_rows(rows, splits))
     for row in rows.values():
         row.pop("_index", None), row.pop("_view", None)
-    timed_names = [n for n in rows if n not in ("bm25", "hybrid", "tp-no-flags")]
+    if timing:
+        time_rows(data, encoders, rows)
+    return rows
+
+
+UNTIMED = ("bm25", "hybrid", "tp-no-flags")  # no encoder of their own (the last two are tp's)
+
+
+def time_rows(data, encoders: dict, rows: dict) -> None:
+    """Sets every row's ``ms_per_doc`` from one :func:`encode_ms` call, so the whole column
+    comes from one machine and one run; each layer system is timed at the layer it chose."""
+    timed_names = [n for n in rows if n not in UNTIMED]
     layers = {n: rows[n]["setting"]["output_layer"] for n in timed_names if n in LAYER_VIEWS}
-    timed = encode_ms(data, encoders, timed_names, layers) if timing else {}
-    for name, ms in timed.items():
+    for name, ms in encode_ms(data, encoders, timed_names, layers).items():
         rows[name]["ms_per_doc"] = ms
     for name in ("hybrid", "tp-no-flags"):
         if name in rows and "tp" in rows:
             rows[name]["ms_per_doc"] = rows["tp"].get("ms_per_doc")
-    return rows
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
