@@ -142,9 +142,24 @@ def test_markdown_average_only_for_complete_rows():
                                                             "TREC": {"accuracy": 90.0}}},
                   {"system": "b", "model": "/x/y/q.gguf", "results": {"MR": {"accuracy": 70.0}}}]}
     table = markdown([record])
-    assert "| system | model | MR | TREC | avg |" in table
-    assert "| a | m | 80.00 | 90.00 | 85.00 |" in table
-    assert "| b | q.gguf | 70.00 | - | - |" in table
+    assert "| system | model | dtype | MR | TREC | avg |" in table
+    assert "| a | m | - | 80.00 | 90.00 | 85.00 |" in table
+    assert "| b | q.gguf | - | 70.00 | - | - |" in table
+
+
+def test_markdown_merges_one_systems_per_task_runs_only():
+    def run(task, accuracy, dtype="bfloat16", system="p/tp"):
+        return {"command": f"run {task}", "date": "d", "settings": {"limit": None},
+                "results": [{"system": system, "model": "m", "settings": {"dtype": dtype},
+                             "results": {task: {"accuracy": accuracy}}}]}
+
+    table = markdown([run("MR", 80.0), run("CR", 90.0), run("MR", 70.0, dtype="float32"),
+                      run("MR", 81.0), run("CR", 60.0, system="p/vanilla")])
+    assert "| p/tp | m | bfloat16 | 80.00 | 90.00 | 85.00 |" in table  # two tasks, one row
+    assert "| p/tp | m | float32 | 70.00 | - | - |" in table  # other settings: its own row
+    assert "| p/tp | m | bfloat16 | 81.00 | - | - |" in table  # a repeated task is not merged
+    assert "| p/vanilla | m | bfloat16 | - | 60.00 | - |" in table
+    assert table.count("- `run ") == 5  # every run's command is listed
 
 
 # -- real files -------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ A small corpus makes every system look better than on the full 5,183 documents.
 
     python -m tp_rag_eval.rag_default --docs 1000 --train-queries 300 --test-queries 150 \\
         --threads 1 --out eval/results/rag_default
+
+A system that costs a pass of its own can join an earlier run later: ``--systems echo --add``
+scores only echo, keeps the other rows of ``<out>/results.json`` (the same data is required;
+the earlier run is recorded under ``earlier_runs``) and times every row again in this run.
 """
 
 from __future__ import annotations

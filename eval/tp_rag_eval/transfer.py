@@ -231,10 +231,27 @@ def _model_label(row: dict) -> str:
     return Path(model).name if "/" in str(model) else str(model)
 
 
+def _merged_rows(records: Sequence[dict]) -> list[dict]:
+    """The records' rows, where rows of one system with the same model, settings and item
+    limit but other tasks (a run split into one file per task) become one row; a row that
+    repeats a task it would be merged into stays a row of its own."""
+    merged: list[dict] = []
+    for record in records:
+        limit = record.get("settings", {}).get("limit")
+        for row in record["results"]:
+            key = (row["system"], _model_label(row), json.dumps(row.get("settings"), sort_keys=True), limit)
+            into = next((m for m in merged if m["_key"] == key and not set(m["results"]) & set(row["results"])), None)
+            if into is None:
+                merged.append({**row, "results": dict(row["results"]), "_key": key})
+            else:
+                into["results"].update(row["results"])
+    return merged
+
+
 def markdown(records: Sequence[dict]) -> str:
-    """Rows = systems of every record; columns = tasks (in SentEval's order) and their average
-    (only for rows that have every column)."""
-    rows = [row for record in records for row in record["results"]]
+    """Rows = systems of every record (a system's per-task runs merged); columns = tasks (in
+    SentEval's order) and their average (only for rows that have every column)."""
+    rows = _merged_rows(records)
     present = {t for row in rows for t in row["results"]}
     tasks = [t for t in TASKS if t in present]
     limits = sorted({str(r["settings"].get("limit")) for r in records})
@@ -246,14 +263,15 @@ def markdown(records: Sequence[dict]) -> str:
         "by CV on train, test accuracy (MRPC on [u, v, |u-v|, u*v]).",
         f"Item limit per split: {', '.join(limits)} (None = full sets).",
         "",
-        "| system | model | " + " | ".join(tasks) + " | avg |",
-        "|---|---|" + "---:|" * (len(tasks) + 1),
+        "| system | model | dtype | " + " | ".join(tasks) + " | avg |",
+        "|---|---|---|" + "---:|" * (len(tasks) + 1),
     ]
     for row in rows:
         values = [row["results"].get(t, {}).get("accuracy") for t in tasks]
         cells = [f"{v:.2f}" if v is not None else "-" for v in values]
         avg = f"{np.mean(values):.2f}" if values and None not in values else "-"
-        lines.append(f"| {row['system']} | {_model_label(row)} | " + " | ".join(cells) + f" | {avg} |")
+        dtype = (row.get("settings") or {}).get("dtype", "-")
+        lines.append(f"| {row['system']} | {_model_label(row)} | {dtype} | " + " | ".join(cells) + f" | {avg} |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}` ({r['date']})" for r in records]
     notes = sorted({f"{t}: {n}" for row in rows for t, res in row["results"].items()
                     for n in res.get("data_notes", [])})
