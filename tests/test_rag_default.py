@@ -42,9 +42,13 @@ def test_systems_are_scored_and_layers_chosen_on_train(tmp_path, monkeypatch):
         max_length=48, batch_size=4, **o))
     data = rag_default.load_data(beir_folder(tmp_path / "beir"), docs=None, train_queries=None,
                                  test_queries=None)
-    rows = rag_systems.run(data, tmp_path / "cache", ["tp", "tp-mean", "tp-layers", "vanilla"],
+    rows = rag_systems.run(data, tmp_path / "cache", ["tp", "tp-mean", "tp-layers", "vanilla", "echo"],
                            timing=False)
-    assert {"tp", "tp-no-flags", "tp-mean", "tp-layers", "vanilla", "bm25", "hybrid"} <= set(rows)
+    assert {"tp", "tp-no-flags", "tp-mean", "tp-layers", "vanilla", "echo", "bm25", "hybrid",
+            "hybrid-echo"} <= set(rows)
+    # hybrid over echo fuses with echo's own index (its centering), chosen on train like hybrid
+    assert rows["hybrid-echo"]["setting"]["centering"] == rows["echo"]["setting"]["centering"]
+    assert rows["hybrid-echo"]["setting"]["fusion"] in ("rrf", "weighted")
     # the no-flags row is the product's own centering, and hybrid is built on it
     # 6 titles: fewer than MIN_TITLE_QUERIES, so no flags means the documents' mean here
     assert rows["tp-no-flags"]["setting"]["centering"] == rag_systems.no_flags_centering(None) == "document-mean"
