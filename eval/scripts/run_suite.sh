@@ -50,6 +50,11 @@ for m in vanilla tp; do  # Knowledge Enhancement: one file per mode (they ran in
     $PY -m tp_rag_eval.transfer --prompt knowledge --mode $m --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_knowledge_${m}_trec_limit1500.json
 done
 
+step "Classification on the full SentEval sets (one file per task and mode; bf16: ~3x faster on AMX)"
+for m in vanilla tp; do DTYPE=bfloat16 PY=$PY bash eval/scripts/transfer_full.sh prompteol $m; done
+$PY -m tp_rag_eval.transfer --only-minilm --tasks MR CR SUBJ MPQA SST2 TREC MRPC --out $R/transfer_full/minilm.json
+for m in vanilla tp; do MODEL=qwen2.5-coder-0.5b DTYPE=bfloat16 PY=$PY bash eval/scripts/transfer_full.sh prompteol $m; done
+
 step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra): dev sweep on 500 pairs, STS test, classification"
 Q=$R/qwen2.5-coder-0.5b
 $PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 500 --seed 0 \
@@ -92,6 +97,8 @@ step "The default RAG path on a 400-document SciFact subset (sets the retrieval 
 
 step "The default RAG path on the full SciFact corpus (sets the fusion default; the goals of issue 11)"
 (cd eval && $PY -m tp_rag_eval.rag_default --threads 1 --systems tp pseudo minilm vanilla-mean --out ../eval/results/rag_default_full)
+# echo: an hour's pass of its own, added to the same table (and every row timed again)
+(cd eval && $PY -m tp_rag_eval.rag_default --threads 1 --systems echo --add --out ../eval/results/rag_default_full)
 
 step "tp-rag tune, as documented in the README"
 mkdir -p $R/tune
