@@ -36,10 +36,15 @@ def beir_folder(path):
     return path
 
 
-def test_systems_are_scored_and_layers_chosen_on_train(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_retrieval(monkeypatch):
+    """The harness's retrieval encoder replaced by a tiny model with the preset's shape."""
     monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
         document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
         max_length=48, batch_size=4, **o))
+
+
+def test_systems_are_scored_and_layers_chosen_on_train(tmp_path, monkeypatch, tiny_retrieval):
     data = rag_default.load_data(beir_folder(tmp_path / "beir"), docs=None, train_queries=None,
                                  test_queries=None)
     rows = rag_systems.run(data, tmp_path / "cache", ["tp", "tp-mean", "tp-layers", "vanilla", "echo"],
@@ -71,10 +76,7 @@ def test_render_rewrites_the_table_from_the_results(tmp_path):
     assert "test Recall@100" in table and "| 68.50 | 80.00 | 91.25 | 0 | 9 |" in table
 
 
-def test_encode_times_warm_up_and_cover_every_timed_system(tmp_path, monkeypatch):
-    monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
-        document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
-        max_length=48, batch_size=4, **o))
+def test_encode_times_warm_up_and_cover_every_timed_system(tmp_path, monkeypatch, tiny_retrieval):
     data = rag_default.load_data(beir_folder(tmp_path / "beir"), docs=None, train_queries=None,
                                  test_queries=None)
     encoders = rag_systems._encoders()
@@ -91,10 +93,7 @@ def test_encode_times_warm_up_and_cover_every_timed_system(tmp_path, monkeypatch
         rag_systems.encode_ms(data, encoders, ["bm25"])
 
 
-def test_add_scores_new_systems_into_an_earlier_run_and_retimes_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(rag_default, "retrieval_encoder", lambda **o: tiny_encoder(
-        document_prompt="passage_eol", query_token_prepending=False, tp_exit=3, output_layer=-1,
-        max_length=48, batch_size=4, **o))
+def test_add_scores_new_systems_into_an_earlier_run_and_retimes_every_row(tmp_path, monkeypatch, tiny_retrieval):
     (tmp_path / "data" / "beir").mkdir(parents=True)
     beir_folder(tmp_path / "data" / "beir" / "scifact")
     out = tmp_path / "out"
