@@ -139,23 +139,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     earlier = _earlier_run(args.out, data.description) if args.add else None
     results = rag_systems.run(data, cache, args.systems, encode_only=args.stage == "encode",
                               timing=not args.no_timing and not args.add)
+    if args.stage != "all":
+        return 0
+    settings, extra = {**vars(args), **data.description}, {}
     if earlier is not None:
         results = {**earlier["results"], **results}
         if not args.no_timing:
             rag_systems.time_rows(data, rag_systems._encoders(), results)
-        systems = list(dict.fromkeys(earlier["settings"]["systems"] + args.systems))
-        runs = earlier.get("earlier_runs", []) + [
+        settings["systems"] = list(dict.fromkeys(earlier["settings"]["systems"] + args.systems))
+        extra["earlier_runs"] = earlier.get("earlier_runs", []) + [
             {k: earlier.get(k) for k in ("date", "command", "machine")}
             | {"systems": earlier["settings"]["systems"], "git_commit": earlier["versions"].get("git_commit")}]
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / "results.json", run_record(
-            "rag-default", {**vars(args), **data.description, "systems": systems}, results,
-            earlier_runs=runs))
-        (args.out / "TABLE.md").write_text(rag_systems.markdown(results, data.description))
-    elif args.stage == "all":
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / "results.json", run_record("rag-default", {**vars(args), **data.description}, results))
-        (args.out / "TABLE.md").write_text(rag_systems.markdown(results, data.description))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", run_record("rag-default", settings, results, **extra))
+    (args.out / "TABLE.md").write_text(rag_systems.markdown(results, data.description))
     return 0
 
 

@@ -252,17 +252,18 @@ def score_all(data, vectors: dict, encoders: dict, cache: Optional[Path], timing
     return rows
 
 
-UNTIMED = ("bm25", "hybrid", "tp-no-flags", "hybrid-echo")  # no encoder of their own
+# Rows that embed with another row's encoder, and so take its encode time; BM25 has none.
+TIMED_AS = {"hybrid": "tp", "tp-no-flags": "tp", "hybrid-echo": "echo"}
 
 
 def time_rows(data, encoders: dict, rows: dict) -> None:
     """Sets every row's ``ms_per_doc`` from one :func:`encode_ms` call, so the whole column
     comes from one machine and one run; each layer system is timed at the layer it chose."""
-    timed_names = [n for n in rows if n not in UNTIMED]
+    timed_names = [n for n in rows if n != "bm25" and n not in TIMED_AS]
     layers = {n: rows[n]["setting"]["output_layer"] for n in timed_names if n in LAYER_VIEWS}
     for name, ms in encode_ms(data, encoders, timed_names, layers).items():
         rows[name]["ms_per_doc"] = ms
-    for name, source in (("hybrid", "tp"), ("tp-no-flags", "tp"), ("hybrid-echo", "echo")):
+    for name, source in TIMED_AS.items():
         if name in rows and source in rows:
             rows[name]["ms_per_doc"] = rows[source].get("ms_per_doc")
 
