@@ -3,7 +3,7 @@
 # keeps its finished tasks, and the embedding cache keeps every chunk it wrote), cheapest task
 # first. One mode per process, so vanilla and TP can run side by side, one per core:
 #   bash eval/scripts/transfer_full.sh prompteol vanilla &  bash eval/scripts/transfer_full.sh prompteol tp
-# DTYPE (default float32) sets the precision: bfloat16 is ~3x faster on an AMX CPU.
+# DTYPE (default float32) sets the precision: bfloat16 takes 0.41x its time on an AMX CPU (eval/bench dtype).
 # MODEL=qwen2.5-coder-0.5b runs an extra evaluation model (its layers from its own sweeps in
 # eval/results/<MODEL>/, results in eval/results/<MODEL>/transfer_full/).
 # Then one table: python -m tp_rag_eval.transfer --render <OUT>/*.json --md <OUT>/TABLE.md
