@@ -155,6 +155,44 @@ def test_best_of_ignores_layers_tp_cannot_reach():
     assert best["placeholder_only"]["output_layer"] == 1
 
 
+def _sweep_part(rows: dict, **settings) -> dict:
+    base = {"model": "m", "prompt": "prompteol", "dtype": "float32", "sample": None}
+    return {"kind": "sweep", "date": "d", "command": f"part {sorted(rows)}",
+            "settings": {**base, **settings, "tp_exits": [r["tp_exit"] for r in rows.values() if r["tp_exit"]]},
+            "results": {"task": "STSB-dev", "n_pairs": 3, "grid": rows, "best": best_of(rows)}}
+
+
+def test_merge_sweeps_run_in_parallel(tmp_path):
+    """Two processes' rows become one grid; its best is over all rows, whichever part held it."""
+    from tp_rag_eval.sweep import main, merge_sweeps
+
+    a = _sweep_part({"vanilla": {"tp_start": None, "tp_exit": None, "spearman_by_layer": [20.0, 21.0, 19.0]},
+                     "tp 1..2": {"tp_start": 1, "tp_exit": 2, "spearman_by_layer": [30.0, 22.0, 23.0]}})
+    b = _sweep_part({"tp 1..3": {"tp_start": 1, "tp_exit": 3, "spearman_by_layer": [30.0, 22.0, 24.0]}})
+    merged = merge_sweeps([b, a])
+    assert list(merged["results"]["grid"]) == ["vanilla", "tp 1..2", "tp 1..3"]
+    assert merged["results"]["best"]["tp"] == {"spearman": 24.0, "output_layer": 3, "tp_start": 1, "tp_exit": 3}
+    assert merged["settings"]["tp_exits"] == [2, 3]
+    assert [p["command"] for p in merged["merged_from"]] == [b["command"], a["command"]]
+    with pytest.raises(SystemExit, match="differ in dtype"):
+        merge_sweeps([a, _sweep_part(b["results"]["grid"], dtype="bfloat16")])
+    with pytest.raises(SystemExit, match="two or more"):
+        merge_sweeps([a])
+
+    for name, rec in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep_stsb_dev_prompteol.json").write_text(json.dumps(rec))
+    out = tmp_path / "out"
+    assert main(["--merge", str(tmp_path / "a" / "sweep_stsb_dev_prompteol.json"),
+                 str(tmp_path / "b" / "sweep_stsb_dev_prompteol.json"), "--out-dir", str(out)]) == 0
+    written = json.loads((out / "sweep_stsb_dev_prompteol.json").read_text())
+    assert written["results"]["best"]["tp"]["tp_exit"] == 3
+    assert "Part 2: `part ['tp 1..3']`" in (out / "sweep_stsb_dev_prompteol.md").read_text()
+    assert (out / "sweep_stsb_dev_prompteol.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["--merge", str(tmp_path / "missing.json"), str(tmp_path / "a" / "sweep_stsb_dev_prompteol.json")])
+
+
 def test_check_tokenizer_refuses_character_level():
     from tp_rag_eval.common import check_tokenizer
 

@@ -4,7 +4,8 @@ For each ``tp_exit`` (TP before layers ``tp_start..tp_exit-1``) and for vanilla,
 ``encode_all_layers`` scores every output layer. Writes ``sweep_stsb_dev_<prompt>.json`` (grid,
 best TP and best vanilla setting), ``.md`` and a heat-map ``.png``. Rows already in the JSON (same
 settings) are reused, so a stopped sweep resumes; a file with other settings is not replaced
-without ``--overwrite``.
+without ``--overwrite``. A long sweep can run as several processes (one per core), each with
+some ``--tp-exits`` and its own ``--out-dir``; ``--merge`` then joins their rows into one file.
 
 Ablation knobs (``--pst-init``, ``--tp-start``, ``--no-preprocess``, ``--padding-side``) need a
 ``--tag``, which goes into the file names (``sweep_stsb_dev_<prompt>_<tag>.*``), so an ablation
@@ -13,6 +14,7 @@ never replaces the main sweep that ``--from-sweep`` reads.
     python -m tp_rag_eval.sweep --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10
     python -m tp_rag_eval.sweep --prompt prompteol --pst-init random --tag pst-random
     python -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --out-dir eval/results/qwen2.5-coder-0.5b
+    python -m tp_rag_eval.sweep --merge /tmp/a/sweep_stsb_dev_prompteol.json /tmp/b/sweep_stsb_dev_prompteol.json
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def markdown(record: dict) -> str:
         "",
         f"Command: `{record['command']}`  ",
         f"Date: {record['date']}",
+        *[f"Part {i}: `{part['command']}` ({part['date']})  "
+          for i, part in enumerate(record.get("merged_from", []), 1)],
         "",
         "| row | " + " | ".join(str(k) for k in range(1, layers + 1)) + " |",
         "|---|" + "---:|" * layers,
@@ -139,6 +143,34 @@ def heatmap(record: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def merge_sweeps(records: Sequence[dict]) -> dict:
+    """One record from sweeps of the same settings (``tp_exits`` aside) run in parallel: the
+    union of their rows, ``best`` recomputed, each part's command kept under ``merged_from``."""
+    if len(records) < 2:
+        raise SystemExit("--merge needs two or more sweep files")
+    same = lambda d: {k: v for k, v in d.items() if k != "tp_exits"}  # noqa: E731
+    first = records[0]
+    grid: dict[str, dict] = {}
+    for rec in records:
+        if rec.get("kind") != "sweep":
+            raise SystemExit(f"--merge: {rec.get('command')!r} is not a sweep record")
+        if same(rec["settings"]) != same(first["settings"]):
+            a, b = same(first["settings"]), same(rec["settings"])
+            differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise SystemExit(f"--merge: the sweeps differ in {', '.join(differ)}; only rows of one "
+                             "setting can share a table")
+        for name, row in rec["results"]["grid"].items():
+            grid.setdefault(name, row)  # a row run twice is the same row (deterministic encoder)
+    grid = dict(sorted(grid.items(), key=lambda kv: kv[1]["tp_exit"] or 0))  # vanilla first
+    exits = sorted({e for rec in records for e in rec["settings"].get("tp_exits") or []})
+    n_pairs = {rec["results"]["n_pairs"] for rec in records}
+    if len(n_pairs) != 1:
+        raise SystemExit(f"--merge: the sweeps scored different numbers of pairs {sorted(n_pairs)}")
+    return run_record("sweep", {**first["settings"], "tp_exits": exits},
+                      {"task": TASK, "n_pairs": n_pairs.pop(), "grid": grid, "best": best_of(grid)},
+                      merged_from=[{"date": r["date"], "command": r["command"]} for r in records])
 
 
 def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[int], data: Path,
@@ -221,6 +253,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="a seeded random sample of N dev pairs (for prompts too slow for all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="join the rows of sweep files run in parallel (same settings) into "
+                    "<out-dir>/<their file name>, with its table and heat map")
     ap.add_argument("--rerender", action="store_true",
                     help="recompute 'best', the table and the heat map from the saved grid only")
     args = ap.parse_args(argv)
@@ -230,6 +265,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if ablated and not args.tag:
         ap.error(f"{', '.join('--' + k.replace('_', '-') for k in ablated)} differ from the main "
                  "sweep's settings: add --tag NAME so the main sweep file is not replaced")
+    if args.merge:
+        missing = [str(p) for p in args.merge if not p.is_file()]
+        if missing:
+            ap.error(f"--merge: no such file: {', '.join(missing)}")
+        record = merge_sweeps([json.loads(p.read_text()) for p in args.merge])
+        stem = args.merge[0].stem
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(args.out_dir / f"{stem}.json", record)
+        (args.out_dir / f"{stem}.md").write_text(markdown(record))
+        heatmap(record, args.out_dir / f"{stem}.png")
+        print(json.dumps(record["results"]["best"], indent=1))
+        return 0
     stem = sweep_stem(args.prompt, args.tag)
     if args.rerender:
         path = args.out_dir / f"{stem}.json"
