@@ -162,6 +162,36 @@ def test_markdown_merges_one_systems_per_task_runs_only():
     assert table.count("- `run ") == 5  # every run's command is listed
 
 
+def test_markdown_across_limits_joins_a_samples_larger_trec_run():
+    def run(task, accuracy, limit):
+        return {"command": f"run {task}", "date": "d", "settings": {"limit": limit},
+                "results": [{"system": "p/tp", "model": "m", "settings": {"dtype": "float32"},
+                             "results": {task: {"accuracy": accuracy}}}]}
+
+    runs = [run("MR", 80.0, 500), run("TREC", 90.0, 1500)]
+    assert "| p/tp | m | float32 | 80.00 | - | - |" in markdown(runs)  # limits kept apart
+    joined = markdown(runs, across_limits=True)
+    assert "| p/tp | m | float32 | 80.00 | 90.00 | 85.00 |" in joined
+    assert "Item limit per split: 1500, 500" in joined
+
+
+def test_report_tables_the_committed_classification_runs(tmp_path):
+    """TABLES.md's classification section comes from the committed JSONs: the full-set rows
+    (per-task files merged) and the seeded rows (TREC's larger sample joined)."""
+    from tp_rag_eval.report import transfer_lines
+    from tp_rag_eval.transfer import _merged_rows
+
+    results = Path(__file__).resolve().parents[1] / "eval" / "results"
+    text = "\n".join(transfer_lines(results))
+    assert "### Classification, full sets" in text and "### Classification, seeded samples" in text
+    records = [json.loads(f.read_text()) for f in sorted((results / "transfer_full").glob("prompteol_tp_*.json"))]
+    (row,) = _merged_rows(records)
+    accuracies = [row["results"][t]["accuracy"] for t in ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")]
+    cells = " | ".join(f"{a:.2f}" for a in accuracies)
+    assert f"| prompteol/tp | gemma-3-270m | bfloat16 | {cells} | {np.mean(accuracies):.2f} |" in text
+    assert transfer_lines(tmp_path) == []  # no runs, no section
+
+
 # -- real files -------------------------------------------------------------------------------
 @pytest.mark.data
 def test_real_transfer_files_read_as_documented():

@@ -118,6 +118,22 @@ def ideas_lines(files: Sequence[Path]) -> list[str]:
     return out
 
 
+def transfer_lines(folder: Path) -> list[str]:
+    """The SentEval classification tables of one results folder: the full sets
+    (``transfer_full/``) and the seeded samples (``transfer_*.json``), each via the transfer
+    renderer (a system's per-task and per-limit files merged into one row)."""
+    from tp_rag_eval.transfer import markdown
+
+    out = []
+    for title, files in (("full sets", sorted((folder / "transfer_full").glob("*.json"))),
+                         ("seeded samples", sorted(folder.glob("transfer_*.json")))):
+        if files:  # a sample's TREC runs on a larger limit (its smallest class needs 10 folds)
+            records = [json.loads(f.read_text()) for f in files]
+            body = markdown(records, across_limits=True).splitlines()[1:]
+            out += [f"### Classification, {title}", *body, ""]
+    return out
+
+
 def extra_model_lines(res: Path) -> list[str]:
     """The sweeps and STS tables of each extra evaluation model, from ``<results>/<model name>/``."""
     from tp_rag_eval.extra_models import EXTRA_MODELS
@@ -132,6 +148,7 @@ def extra_model_lines(res: Path) -> list[str]:
         out += sweep_lines(sorted(folder.glob("sweep_stsb_dev_*.json")))
         out += ["### STS (Spearman x100 of cosine vs gold; STS12-16 pooled 'all')", ""]
         out += sts_tables(sorted(folder.glob("sts_*.json")))
+        out += transfer_lines(folder)
     return out
 
 
@@ -147,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines += ablation_lines(sorted((res / "ablation").glob("sweep_stsb_dev_*.json")))
     lines += ["## STS (Spearman x100 of cosine vs gold; STS12-16 pooled 'all')", ""]
     lines += sts_tables(sorted(res.glob("sts_*.json")))
+    lines += ["## SentEval classification (accuracy %)", ""]
+    lines += transfer_lines(res)
     lines += ["## BEIR retrieval", ""]
     lines += beir_tables(sorted(res.glob("beir_*.json")))
     lines += ["## Retrieval ideas (settings chosen on train, scored on test)", ""]

@@ -231,13 +231,13 @@ def _model_label(row: dict) -> str:
     return Path(model).name if "/" in str(model) else str(model)
 
 
-def _merged_rows(records: Sequence[dict]) -> list[dict]:
+def _merged_rows(records: Sequence[dict], across_limits: bool = False) -> list[dict]:
     """The records' rows, where rows of one system with the same model, settings and item
-    limit but other tasks (a run split into one file per task) become one row; a row that
-    repeats a task it would be merged into stays a row of its own."""
+    limit (any limit with ``across_limits``) but other tasks (a run split into one file per
+    task) become one row; a row that repeats a task it would be merged into stays a row of its own."""
     merged: list[dict] = []
     for record in records:
-        limit = record.get("settings", {}).get("limit")
+        limit = None if across_limits else record.get("settings", {}).get("limit")
         for row in record["results"]:
             key = (row["system"], _model_label(row), json.dumps(row.get("settings"), sort_keys=True), limit)
             into = next((m for m in merged if m["_key"] == key and not set(m["results"]) & set(row["results"])), None)
@@ -248,10 +248,11 @@ def _merged_rows(records: Sequence[dict]) -> list[dict]:
     return merged
 
 
-def markdown(records: Sequence[dict]) -> str:
-    """Rows = systems of every record (a system's per-task runs merged); columns = tasks (in
-    SentEval's order) and their average (only for rows that have every column)."""
-    rows = _merged_rows(records)
+def markdown(records: Sequence[dict], across_limits: bool = False) -> str:
+    """Rows = systems of every record (a system's per-task runs merged, also runs of other item
+    limits with ``across_limits``); columns = tasks (in SentEval's order) and their average
+    (only for rows that have every column)."""
+    rows = _merged_rows(records, across_limits)
     present = {t for row in rows for t in row["results"]}
     tasks = [t for t in TASKS if t in present]
     limits = sorted({str(r["settings"].get("limit")) for r in records})
