@@ -54,10 +54,12 @@ step "Classification on the full SentEval sets (one file per task and mode; bf16
 for m in vanilla tp; do DTYPE=bfloat16 PY=$PY bash eval/scripts/transfer_full.sh prompteol $m; done
 $PY -m tp_rag_eval.transfer --only-minilm --tasks MR CR SUBJ MPQA SST2 TREC MRPC --out $R/transfer_full/minilm.json
 
-step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra): dev sweep on 500 pairs, STS test, classification"
+step "Second model: Qwen2.5-Coder 0.5B (needs the qwen-eval extra): dev sweep, STS test, classification"
 Q=$R/qwen2.5-coder-0.5b
 $PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --sample 500 --seed 0 \
-    --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --overwrite --out-dir $Q
+    --tp-exits 5 4 3 6 2 7 8 9 10 --dtype float32 --batch-size 64 --overwrite --out-dir $Q/sample500
+$PY -m tp_rag_eval.sweep --model qwen2.5-coder-0.5b --prompt prompteol --tp-exits 2 3 4 5 6 7 8 9 10 \
+    --dtype float32 --batch-size 64 --out-dir $Q  # the session ran it as two processes and --merge
 $PY -m tp_rag_eval.sts --model qwen2.5-coder-0.5b --prompt prompteol --mode both --from-sweep $Q \
     --batch-size 64 --dtype float32 --out $Q/sts_prompteol.json
 for m in vanilla tp; do  # one file per mode (they ran in parallel, one per core)
