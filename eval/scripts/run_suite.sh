@@ -49,6 +49,10 @@ for m in vanilla tp; do  # Knowledge Enhancement: one file per mode (they ran in
     $PY -m tp_rag_eval.transfer --prompt knowledge --mode $m --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --dtype float32 --out $R/transfer_knowledge_${m}_limit500.json
     $PY -m tp_rag_eval.transfer --prompt knowledge --mode $m --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype float32 --out $R/transfer_knowledge_${m}_trec_limit1500.json
 done
+for m in vanilla tp; do  # MetaEOL: 8 templates per sentence, so bf16 (about 30 min per mode on AMX)
+    $PY -m tp_rag_eval.transfer --prompt metaeol --mode $m --from-sweep $R --limit 500 --tasks "${T[@]}" --batch-size 64 --dtype bfloat16 --out $R/transfer_metaeol_${m}_limit500.json
+    $PY -m tp_rag_eval.transfer --prompt metaeol --mode $m --from-sweep $R --limit 1500 --tasks TREC --batch-size 64 --dtype bfloat16 --out $R/transfer_metaeol_${m}_trec_limit1500.json
+done
 
 step "Classification on the full SentEval sets (one file per task and mode; bf16: 0.41x fp32 time on AMX, eval/bench dtype)"
 for m in vanilla tp; do DTYPE=bfloat16 PY=$PY bash eval/scripts/transfer_full.sh prompteol $m; done
