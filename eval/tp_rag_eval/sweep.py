@@ -145,20 +145,31 @@ def heatmap(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_tables(out_dir: Path, stem: str, record: dict) -> None:
+    """The sweep's Markdown table and heat map beside its JSON."""
+    (out_dir / f"{stem}.md").write_text(markdown(record))
+    heatmap(record, out_dir / f"{stem}.png")
+
+
+def settings_differ(a: Optional[dict], b: Optional[dict]) -> list[str]:
+    """The settings in which two sweeps differ; ``tp_exits`` aside (rows of other ranges can
+    join one sweep: a resumed run, or parts run in parallel)."""
+    a, b, absent = a or {}, b or {}, object()  # a key only one side has differs
+    return sorted(k for k in set(a) | set(b) if k != "tp_exits" and a.get(k, absent) != b.get(k, absent))
+
+
 def merge_sweeps(records: Sequence[dict]) -> dict:
     """One record from sweeps of the same settings (``tp_exits`` aside) run in parallel: the
     union of their rows, ``best`` recomputed, each part's command kept under ``merged_from``."""
     if len(records) < 2:
         raise SystemExit("--merge needs two or more sweep files")
-    same = lambda d: {k: v for k, v in d.items() if k != "tp_exits"}  # noqa: E731
     first = records[0]
     grid: dict[str, dict] = {}
     for rec in records:
         if rec.get("kind") != "sweep":
             raise SystemExit(f"--merge: {rec.get('command')!r} is not a sweep record")
-        if same(rec["settings"]) != same(first["settings"]):
-            a, b = same(first["settings"]), same(rec["settings"])
-            differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        differ = settings_differ(first["settings"], rec["settings"])
+        if differ:
             raise SystemExit(f"--merge: the sweeps differ in {', '.join(differ)}; only rows of one "
                              "setting can share a table")
         for name, row in rec["results"]["grid"].items():
@@ -187,13 +198,11 @@ def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[in
     base_settings = None
     if json_path and json_path.is_file():
         old = json.loads(json_path.read_text())
-        same = lambda d: {k: v for k, v in (d or {}).items() if k != "tp_exits"}  # noqa: E731
-        if same(old["settings"]) == same(settings):
+        differ = settings_differ(old["settings"], settings)
+        if not differ:
             grid = old["results"]["grid"]
             print(f"[sweep] resuming: {len(grid)} rows from {json_path}", file=sys.stderr)
         elif not overwrite:
-            before, now = same(old["settings"]), same(settings)
-            differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise SystemExit(f"{json_path} holds a sweep with other settings ({', '.join(differ)}); "
                              "use --tag or --out-dir for this one, or --overwrite to replace it")
     record = None
@@ -218,8 +227,7 @@ def run_sweep(encoder_factory, prompt: str, tp_start: int, tp_exits: Sequence[in
     if record is None:  # everything was cached
         record = json.loads(json_path.read_text())
     if out_dir:
-        (out_dir / f"{stem}.md").write_text(markdown(record))
-        heatmap(record, out_dir / f"{stem}.png")
+        write_tables(out_dir, stem, record)
     return record
 
 
@@ -273,8 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stem = args.merge[0].stem
         args.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(args.out_dir / f"{stem}.json", record)
-        (args.out_dir / f"{stem}.md").write_text(markdown(record))
-        heatmap(record, args.out_dir / f"{stem}.png")
+        write_tables(args.out_dir, stem, record)
         print(json.dumps(record["results"]["best"], indent=1))
         return 0
     stem = sweep_stem(args.prompt, args.tag)
@@ -285,8 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         record.setdefault("rerendered", []).append(
             {"date": run_record("x", {}, None)["date"], "command": run_record("x", {}, None)["command"]})
         write_json(path, record)
-        (args.out_dir / f"{stem}.md").write_text(markdown(record))
-        heatmap(record, args.out_dir / f"{stem}.png")
+        write_tables(args.out_dir, stem, record)
         print(json.dumps(record["results"]["best"], indent=1))
         return 0
 
